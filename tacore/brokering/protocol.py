@@ -1,0 +1,97 @@
+"""Majordomo wire format (rfc.zeromq.org 7/MDP 0.1 and 18/MDP 0.2), as seen by a ROUTER.
+
+Worker → broker, after the ROUTER's identity frame:
+
+    0.1  [""]["MDPW01"][0x01][service]                  READY
+         [""]["MDPW01"][0x03][client][""][body...]      REPLY
+         [""]["MDPW01"][0x04]                           HEARTBEAT
+         [""]["MDPW01"][0x05]                           DISCONNECT
+    0.2  ["MDPW02"][0x01][service]                      READY
+         ["MDPW02"][0x03|0x04][client][""][body...]     PARTIAL | FINAL
+         ["MDPW02"][0x05]                               HEARTBEAT
+         ["MDPW02"][0x06]                               DISCONNECT
+
+Broker → worker: 0.1 REQUEST [""]["MDPW01"][0x02][client][""][body...], HEARTBEAT, DISCONNECT;
+0.2 the same without the leading empty frame and with 0.2's command numbers.
+
+Anything else is garbage: ``parse_worker`` raises ProtocolError, the broker logs and drops it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ProtocolError(Exception):
+    """A message that is not valid Majordomo; dropped (and logged) by the broker."""
+
+
+W_V1 = b"MDPW01"
+W_V2 = b"MDPW02"
+
+# 7/MDP 0.1 worker commands (also used by the worker runtime).
+W_READY = b"\x01"
+W_REQUEST = b"\x02"
+W_REPLY = b"\x03"
+W_HEARTBEAT = b"\x04"
+W_DISCONNECT = b"\x05"
+
+# 18/MDP 0.2 worker commands.
+W2_READY = b"\x01"
+W2_REQUEST = b"\x02"
+W2_PARTIAL = b"\x03"
+W2_FINAL = b"\x04"
+W2_HEARTBEAT = b"\x05"
+W2_DISCONNECT = b"\x06"
+
+# Version-independent command names used inside the broker.
+READY, REPLY, PARTIAL, HEARTBEAT, DISCONNECT = "ready", "reply", "partial", "heartbeat", "disconnect"
+
+_V1_COMMANDS = {W_READY: READY, W_REPLY: REPLY, W_HEARTBEAT: HEARTBEAT, W_DISCONNECT: DISCONNECT}
+_V2_COMMANDS = {W2_READY: READY, W2_PARTIAL: PARTIAL, W2_FINAL: REPLY, W2_HEARTBEAT: HEARTBEAT,
+                W2_DISCONNECT: DISCONNECT}
+_OUT = {1: {HEARTBEAT: W_HEARTBEAT, DISCONNECT: W_DISCONNECT},
+        2: {HEARTBEAT: W2_HEARTBEAT, DISCONNECT: W2_DISCONNECT}}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerMessage:
+    identity: bytes
+    version: int
+    command: str
+    service: bytes = b""  # READY only
+    client: bytes = b""  # REPLY / PARTIAL only
+    body: tuple = ()  # REPLY / PARTIAL only
+
+
+def parse_worker(frames: list[bytes]) -> WorkerMessage:
+    """Decode one message received on the backend ROUTER (identity frame first)."""
+    if len(frames) < 3:
+        raise ProtocolError(f"{len(frames)} frames is too short for a worker command")
+    identity = frames[0]
+    if frames[1] == b"" and frames[2] == W_V1:
+        version, rest, table = 1, frames[3:], _V1_COMMANDS
+    elif frames[1] == W_V2:
+        version, rest, table = 2, frames[2:], _V2_COMMANDS
+    else:
+        raise ProtocolError("not a Majordomo worker header (expected MDPW01 or MDPW02)")
+    if not rest or rest[0] not in table:
+        raise ProtocolError(f"unknown worker command {rest[0].hex() if rest else '(none)'}")
+    command, args = table[rest[0]], rest[1:]
+    if command == READY:
+        if len(args) != 1 or not args[0]:
+            raise ProtocolError("READY must carry exactly one non-empty service name")
+        return WorkerMessage(identity, version, READY, service=args[0])
+    if command in (REPLY, PARTIAL):
+        if len(args) < 3 or args[1] != b"":
+            raise ProtocolError("a reply needs [client][\"\"][body...]")
+        return WorkerMessage(identity, version, command, client=args[0], body=tuple(args[2:]))
+    if args:
+        raise ProtocolError(f"{command} takes no arguments, got {len(args)} frames")
+    return WorkerMessage(identity, version, command)
+
+
+def worker_command(identity: bytes, version: int, command: str) -> list[bytes]:
+    """HEARTBEAT or DISCONNECT for a worker, in the worker's own protocol version."""
+    header = [b"", W_V1] if version == 1 else [W_V2]
+    return [identity, *header, _OUT[version][command]]

@@ -1,0 +1,1 @@
+"""Command-line entry points: ``tacored`` (the daemon) and ``tacorectl`` (the operator's tool)."""

@@ -1,0 +1,454 @@
+"""Load and validate the TOML configuration, strictly and before anything starts.
+
+Every problem is reported as one line naming the file, the section, the key and the fix; all
+problems are collected, so an operator fixes a file in one pass. Nothing falls back silently:
+the only values not written in the file are the documented defaults below, and the directory
+defaults come from the documented environment variables ($RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR,
+$STATE_DIRECTORY), never from guesses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import ipaddress
+import math
+import os
+import re
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tacore.errors import ConfigError
+
+# The longest path a Unix socket address can hold on Linux (sun_path is 108 bytes with its NUL).
+MAX_IPC_PATH = 107
+SERVICE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "json", "console")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    handler: str
+    workers: int = 1
+    start_timeout: float = 30.0
+    request_timeout: float = 30.0
+    stop_timeout: float = 10.0
+    max_restarts: int = 5
+    restart_window: float = 60.0
+    min_ready: int = 1
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    config: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    runtime_dir: Path
+    state_dir: Path
+    log_level: str = "info"
+    log_format: str = "auto"
+    python_path: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    frontend: tuple[str, ...]
+    backend: str
+    heartbeat_interval: float = 2.5
+    heartbeat_liveness: int = 3
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    endpoint: str
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    daemon: DaemonConfig
+    broker: BrokerConfig
+    control: ControlConfig
+    services: dict[str, ServiceConfig]
+
+    def as_dict(self) -> dict:
+        """The effective configuration, as plain data (for ``tacored --check``)."""
+        return {
+            "path": str(self.path),
+            "daemon": _plain(self.daemon),
+            "broker": _plain(self.broker),
+            "control": _plain(self.control),
+            "services": {name: _plain(s) for name, s in self.services.items()},
+        }
+
+
+def _plain(obj) -> dict:
+    data = dataclasses.asdict(obj)
+    data.pop("name", None)
+    return {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+            for k, v in data.items()}
+
+
+# --- value checkers: each returns the clean value or raises _Invalid(problem, fix) ---------
+
+class _Invalid(Exception):
+    def __init__(self, problem: str, fix: str = ""):
+        self.problem, self.fix = problem, fix
+
+
+def _type_name(value) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def duration(value):
+    """Seconds, an int or a float, greater than zero."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Invalid(f"must be a number of seconds, got {_type_name(value)} ({value!r})",
+                       "write a number such as 5 or 0.5")
+    if not math.isfinite(value) or value <= 0:
+        raise _Invalid(f"must be greater than 0 seconds, got {value!r}", "use a positive number")
+    return float(value)
+
+
+def _integer(minimum: int) -> Callable:
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"must be an integer, got {_type_name(value)} ({value!r})",
+                           f"write a whole number >= {minimum}")
+        if value < minimum:
+            raise _Invalid(f"must be >= {minimum}, got {value}", f"use a value >= {minimum}")
+        return value
+    check.__doc__ = f"An integer >= {minimum}."
+    return check
+
+
+def _choice(choices: tuple[str, ...]) -> Callable:
+    def check(value):
+        if value not in choices:
+            raise _Invalid(f"must be one of {', '.join(map(repr, choices))}, got {value!r}",
+                           _suggest(str(value), choices) or f"use one of {', '.join(choices)}")
+        return value
+    return check
+
+
+def string(value):
+    if not isinstance(value, str) or not value:
+        raise _Invalid(f"must be a non-empty string, got {_type_name(value)} ({value!r})")
+    return value
+
+
+def string_list(value):
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _Invalid(f"must be a list of strings, got {value!r}", 'write e.g. ["a", "b"]')
+    return tuple(value)
+
+
+def endpoint(value):
+    """A ZeroMQ endpoint tacore may bind: ipc:// with an absolute path, or tcp:// on loopback."""
+    value = string(value)
+    if value.startswith("ipc://"):
+        path = value[len("ipc://"):]
+        if not path.startswith("/"):
+            raise _Invalid(f"ipc endpoint {value!r} must name an absolute path",
+                           "write ipc:///absolute/path.sock")
+        if len(path.encode()) > MAX_IPC_PATH:
+            raise _Invalid(f"ipc path is {len(path.encode())} bytes, the limit is {MAX_IPC_PATH}",
+                           "use a shorter directory")
+        return value
+    if value.startswith("tcp://"):
+        host = value[len("tcp://"):].rpartition(":")[0].strip("[]")
+        if host != "localhost":
+            try:
+                loopback = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                loopback = False
+            if not loopback:
+                raise _Invalid(f"tcp endpoint {value!r} is not on a loopback address",
+                               "bind tcp only to 127.0.0.1 or [::1], or use ipc://")
+        return value
+    raise _Invalid(f"unsupported endpoint {value!r}", "use ipc:///path.sock or tcp://127.0.0.1:PORT")
+
+
+def endpoint_list(value):
+    if not isinstance(value, list) or not value:
+        raise _Invalid(f"must be a non-empty list of endpoints, got {value!r}",
+                       'write e.g. ["ipc:///run/tacore/frontend.sock"]')
+    return tuple(endpoint(v) for v in value)
+
+
+def handler(value):
+    """A "module:callable" path; importing it is checked later, once sys.path is final."""
+    value = string(value)
+    module, _, attr = value.partition(":")
+    if not module or not attr:
+        raise _Invalid(f"must look like 'module:callable', got {value!r}",
+                       'write e.g. "tacore.services.echo:Echo"')
+    return value
+
+
+def table(value):
+    if not isinstance(value, dict):
+        raise _Invalid(f"must be a table, got {_type_name(value)}", "write [services.NAME.config]")
+    return value
+
+
+# --- the schema: section -> key -> checker; defaults come from the dataclasses ---------------
+
+DAEMON_KEYS = {"runtime_dir": string, "state_dir": string, "log_level": _choice(LOG_LEVELS),
+               "log_format": _choice(LOG_FORMATS), "python_path": string_list}
+BROKER_KEYS = {"frontend": endpoint_list, "backend": endpoint, "heartbeat_interval": duration,
+               "heartbeat_liveness": _integer(1)}
+CONTROL_KEYS = {"endpoint": endpoint}
+SERVICE_KEYS = {"handler": handler, "workers": _integer(0), "start_timeout": duration,
+                "request_timeout": duration, "stop_timeout": duration,
+                "max_restarts": _integer(0), "restart_window": duration,
+                "min_ready": _integer(0), "backoff_initial": duration,
+                "backoff_max": duration, "config": table}
+SECTIONS = ("daemon", "broker", "control", "services")
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+class _Report:
+    """Collects problems as "FILE: [SECTION] KEY: problem; fix" lines."""
+
+    def __init__(self, path: Path):
+        self.path, self.lines = path, []
+
+    def add(self, section: str, key: str | None, problem: str, fix: str = ""):
+        where = f"[{section}]" + (f" {key}" if key else "")
+        self.lines.append(f"{self.path}: {where}: {problem}" + (f"; {fix}" if fix else ""))
+
+    def check_table(self, section: str, data: dict, keys: dict) -> dict:
+        """Validate one table against its schema; returns the clean values that passed."""
+        clean = {}
+        for key, value in data.items():
+            if key not in keys:
+                hint = _suggest(key, keys) or f"known keys: {', '.join(sorted(keys))}"
+                self.add(section, key, "unknown key", hint)
+                continue
+            try:
+                clean[key] = keys[key](value)
+            except _Invalid as bad:
+                self.add(section, key, bad.problem, bad.fix)
+        return clean
+
+
+def default_runtime_dir(env=os.environ) -> Path:
+    """$RUNTIME_DIRECTORY (systemd), else $XDG_RUNTIME_DIR/tacore, else /tmp/tacore-<uid>."""
+    if env.get("RUNTIME_DIRECTORY"):
+        return Path(env["RUNTIME_DIRECTORY"].split(":")[0])
+    if env.get("XDG_RUNTIME_DIR"):
+        return Path(env["XDG_RUNTIME_DIR"]) / "tacore"
+    return Path(f"/tmp/tacore-{os.getuid()}")
+
+
+def default_state_dir(env=os.environ) -> Path:
+    """$STATE_DIRECTORY (systemd), else ~/.local/state/tacore."""
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    return Path.home() / ".local" / "state" / "tacore"
+
+
+def default_control_endpoint(runtime_dir: Path) -> str:
+    return f"ipc://{runtime_dir}/control.sock"
+
+
+def read_toml(path: Path) -> dict:
+    """Parse a TOML file; unreadable files and syntax errors become a ConfigError."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read the configuration file: {e.strerror}; "
+                           "pass an existing, readable file with --config"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path}: TOML syntax error: {e}; fix the file's syntax"]) from None
+
+
+def load(path, env=os.environ, import_handlers: bool = True) -> Config:
+    """Read, validate and resolve a configuration file; raise ConfigError listing every problem."""
+    path = Path(path).absolute()
+    data = read_toml(path)
+    report = _Report(path)
+    for section in data:
+        if section not in SECTIONS:
+            report.add(section, None, "unknown section",
+                       _suggest(section, SECTIONS) or f"known sections: {', '.join(SECTIONS)}")
+    tables = {}
+    for section in ("daemon", "broker", "control"):
+        raw = data.get(section, {})
+        if not isinstance(raw, dict):
+            report.add(section, None, "must be a table", f"write [{section}]")
+            raw = {}
+        keys = {"daemon": DAEMON_KEYS, "broker": BROKER_KEYS, "control": CONTROL_KEYS}[section]
+        tables[section] = report.check_table(section, raw, keys)
+
+    daemon = _daemon(path, tables["daemon"], env)
+    runtime = daemon.runtime_dir
+    broker = BrokerConfig(**{"frontend": (f"ipc://{runtime}/frontend.sock",),
+                             "backend": f"ipc://{runtime}/backend.sock", **tables["broker"]})
+    control = ControlConfig(**{"endpoint": default_control_endpoint(runtime), **tables["control"]})
+    _check_default_endpoints(report, tables, broker, control)
+    _check_duplicates(report, broker, control)
+    services = _services(report, data.get("services", {}))
+    if import_handlers and not report.lines:
+        _extend_sys_path(daemon.python_path)
+        for service in services.values():
+            _check_import(report, service)
+    if report.lines:
+        raise ConfigError(report.lines)
+    return Config(path, daemon, broker, control, services)
+
+
+def _daemon(path: Path, values: dict, env) -> DaemonConfig:
+    base = path.parent
+    resolve = lambda p: (base / os.path.expanduser(p)).resolve()  # noqa: E731
+    return DaemonConfig(
+        runtime_dir=resolve(values.pop("runtime_dir")) if "runtime_dir" in values
+        else default_runtime_dir(env),
+        state_dir=resolve(values.pop("state_dir")) if "state_dir" in values
+        else default_state_dir(env),
+        python_path=tuple(str(resolve(p)) for p in values.pop("python_path", ())),
+        **values)
+
+
+def _check_default_endpoints(report, tables, broker, control):
+    """Defaults derived from runtime_dir must still fit in a Unix socket address."""
+    for section, key, value in (("broker", "backend", broker.backend),
+                                ("control", "endpoint", control.endpoint)):
+        if key not in tables[section]:
+            try:
+                endpoint(value)
+            except _Invalid as bad:
+                report.add("daemon", "runtime_dir", f"default {section}.{key}: {bad.problem}",
+                           bad.fix)
+
+
+def _check_duplicates(report, broker, control):
+    seen = {}
+    for where, value in [("broker.frontend", e) for e in broker.frontend] + [
+            ("broker.backend", broker.backend), ("control.endpoint", control.endpoint)]:
+        if value in seen:
+            section, key = where.split(".")
+            report.add(section, key, f"endpoint {value!r} is also used by {seen[value]}",
+                       "give every socket its own endpoint")
+        seen.setdefault(value, where)
+
+
+def _services(report: _Report, raw) -> dict[str, ServiceConfig]:
+    if not isinstance(raw, dict):
+        report.add("services", None, "must be a table of services", "write [services.NAME]")
+        return {}
+    services = {}
+    for name, body in raw.items():
+        section = f"services.{name}"
+        if not SERVICE_NAME.fullmatch(name) or name.startswith("mmi."):
+            report.add(section, None, f"invalid service name {name!r}",
+                       "use letters, digits, '_', '.', '-' (at most 128), not starting with 'mmi.'")
+            continue
+        if not isinstance(body, dict):
+            report.add(section, None, "must be a table", f"write [{section}]")
+            continue
+        values = report.check_table(section, body, SERVICE_KEYS)
+        if "handler" not in body:
+            report.add(section, "handler", "is required",
+                       'name the service object, e.g. handler = "tacore.services.echo:Echo"')
+            continue
+        if "handler" not in values:
+            continue
+        if "min_ready" not in values and values.get("workers", 1) == 0:
+            values["min_ready"] = 0  # a service served only by external workers
+        service = ServiceConfig(name=name, **values)
+        if service.min_ready > service.workers:
+            report.add(section, "min_ready",
+                       f"is {service.min_ready} but the service has only {service.workers} workers",
+                       "lower min_ready or raise workers")
+        if service.backoff_max < service.backoff_initial:
+            report.add(section, "backoff_max", f"({service.backoff_max}) is below backoff_initial "
+                       f"({service.backoff_initial})", "raise backoff_max")
+        services[name] = service
+    return services
+
+
+def _extend_sys_path(paths):
+    for p in reversed(paths):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+
+
+def _check_import(report: _Report, service: ServiceConfig):
+    try:
+        load_handler(service.handler)
+    except Exception as e:  # an import runs arbitrary code: any failure is a config problem
+        report.add(f"services.{service.name}", "handler", f"cannot load {service.handler!r}: "
+                   f"{type(e).__name__}: {e}", "check the module path, [daemon] python_path "
+                   "or PYTHONPATH, and the module's own imports")
+
+
+def load_handler(path: str) -> Callable[[], Any]:
+    """Import "module:callable" and return the callable; raise if it is missing or not callable."""
+    module_name, _, attr = path.partition(":")
+    obj = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"{path} is not callable")
+    return obj
+
+
+def read_control_endpoint(path, env=os.environ) -> str:
+    """The control endpoint named by a configuration file, read leniently.
+
+    ``tacorectl`` must keep working while an operator is half-way through editing the file, so
+    only the [daemon] and [control] tables are read, each on its own if the whole file does
+    not parse.
+    """
+    path = Path(path).absolute()
+    try:
+        data = read_toml(path)
+    except ConfigError as whole_file:
+        data = _read_sections(path, ("daemon", "control"), whole_file)
+    control = data.get("control", {})
+    if isinstance(control, dict) and isinstance(control.get("endpoint"), str):
+        return control["endpoint"]
+    daemon = data.get("daemon", {})
+    if isinstance(daemon, dict) and isinstance(daemon.get("runtime_dir"), str):
+        runtime = (path.parent / os.path.expanduser(daemon["runtime_dir"])).resolve()
+    else:
+        runtime = default_runtime_dir(env)
+    return default_control_endpoint(runtime)
+
+
+_HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\s*(#.*)?$")
+
+
+def _read_sections(path: Path, wanted, error: ConfigError) -> dict:
+    try:
+        text = path.read_text()
+    except OSError:
+        raise error from None
+    chunks, current = {}, None
+    for line in text.splitlines():
+        header = _HEADER.match(line)
+        if header:
+            current = header.group(1)
+        if current in wanted:
+            chunks.setdefault(current, []).append(line)
+    data = {}
+    for name, lines in chunks.items():
+        try:
+            data.update(tomllib.loads("\n".join(lines)))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError([f"{path}: [{name}]: TOML syntax error: {e}"]) from None
+    return data

@@ -1,0 +1,185 @@
+"""The daemon: one loop that owns all state.
+
+    run():  bind → start workers → loop { wait, dispatch, fire deadlines } → close
+
+The loop polls the backend and control sockets, the signal wake-up socket and every worker's
+sentinel and stack pipe. Nothing else runs: no threads, no callbacks from elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import zmq
+
+from tacore import __version__
+from tacore import events as ev
+from tacore.brokering.broker import Broker
+from tacore.config import Config
+from tacore.control.server import ControlServer
+from tacore.daemon import sockets
+from tacore.daemon.signals import SignalPipe
+from tacore.events import Event
+from tacore.observability.logging import log_event
+from tacore.supervision.supervisor import Supervisor
+
+# The loop wakes at least this often even with nothing due, as a guard against a lost deadline.
+MAX_POLL = 1.0
+
+
+class Daemon:
+    def __init__(self, config: Config, log):
+        self.config, self.log = config, log
+        self.pid = os.getpid()
+        self.started, self.started_wall = time.monotonic(), time.time()
+        self.stopping = False
+        self.handlers = {}  # socket or fd -> (callable(now), when it was registered)
+        self.registrations = 0
+        self.poller = zmq.Poller()
+        self.ctx = zmq.Context()
+        self.lock = None
+        self.bound: list[str] = []
+
+    # --- the whole life -----------------------------------------------------------------
+
+    def run(self) -> int:
+        """Bind, serve until a stop signal and every worker has exited, then clean up."""
+        try:
+            self._bind()
+            self.signals = SignalPipe()
+            self._watch(self.signals.fileno(), self._on_signal)
+            self.supervisor.start(time.monotonic())
+            self.emit(Event(ev.DAEMON_STARTED, {
+                "pid": self.pid, "version": __version__, "config": str(self.config.path),
+                "services": {n: s.workers for n, s in self.config.services.items()},
+                "control": self.config.control.endpoint, "backend": self.config.broker.backend}))
+            while not (self.stopping and self.supervisor.all_stopped()):
+                self._wait_and_dispatch()
+                self._fire_deadlines(time.monotonic())
+            self.emit(Event(ev.DAEMON_STOPPED, {"pid": self.pid}))
+            return 0
+        finally:
+            self._close()
+
+    def _bind(self) -> None:
+        daemon = self.config.daemon
+        sockets.prepare_runtime_dir(daemon.runtime_dir)
+        self.lock = sockets.DaemonLock(daemon.runtime_dir)
+        self.backend = self._socket(zmq.ROUTER, self.config.broker.backend, "backend")
+        self.backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.backend.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting worker replaces itself
+        self.control_sock = self._socket(zmq.ROUTER, self.config.control.endpoint, "control")
+        broker = self.config.broker
+        self.broker = Broker(self.backend, broker.heartbeat_interval, broker.heartbeat_liveness,
+                             on_ready=self._on_worker_ready, on_expired=self._on_worker_expired,
+                             emit=self.emit)
+        self.supervisor = Supervisor(self.config, self.emit, self._watch, self._unwatch,
+                                     forget=self.broker.forget)
+        self.control = ControlServer(self.control_sock, self, self.emit)
+        self._watch(self.backend, self.broker.on_backend)
+        self._watch(self.control_sock, self.control.on_readable)
+
+    def _socket(self, kind: int, endpoint: str, what: str) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sockets.bind(sock, endpoint, what)
+        self.bound.append(endpoint)
+        return sock
+
+    def _close(self) -> None:
+        if getattr(self, "supervisor", None) is not None and not self.supervisor.all_stopped():
+            self.supervisor.kill_all()  # only on an unexpected error: never leave orphans
+        if getattr(self, "signals", None) is not None:
+            self.signals.close()
+        self.ctx.destroy(linger=0)
+        for endpoint in self.bound:
+            sockets.unlink_ipc(endpoint)
+        if self.lock is not None:
+            self.lock.release()
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def _wait_and_dispatch(self) -> None:
+        now = time.monotonic()
+        deadlines = [d for d in (self.supervisor.next_deadline(), self.broker.next_deadline())
+                     if d is not None]
+        timeout = min([MAX_POLL] + [max(0.0, d - now) for d in deadlines])
+        polled_at = self.registrations
+        for source, _ in self.poller.poll(timeout * 1000):
+            handler, registered = self.handlers.get(source, (None, None))
+            # Skip a source an earlier handler in this batch unwatched, or whose descriptor
+            # number was reused by a newer registration: the event was for the old one.
+            if handler is not None and registered <= polled_at:
+                handler(time.monotonic())
+
+    def _fire_deadlines(self, now: float) -> None:
+        self.broker.tick(now)
+        self.supervisor.tick(now)
+
+    def _watch(self, source, handler) -> None:
+        self.registrations += 1
+        self.handlers[source] = (handler, self.registrations)
+        self.poller.register(source, zmq.POLLIN)
+
+    def _unwatch(self, source) -> None:
+        if self.handlers.pop(source, None) is not None:
+            self.poller.unregister(source)
+
+    def emit(self, event: Event) -> None:
+        log_event(self.log, event)
+
+    # --- what the parts tell each other -------------------------------------------------
+
+    def _on_signal(self, now: float) -> None:
+        for sig in self.signals.drain():
+            if sig == signal.SIGHUP:
+                self.emit(Event(ev.DAEMON_SIGNAL, {"signal": sig.name,
+                                                   "action": "ignored: reload is not supported yet"},
+                                severity="warning"))
+            elif self.stopping:
+                self.emit(Event(ev.DAEMON_STOPPING, {"signal": sig.name, "action": "kill all"}))
+                self.supervisor.kill_all()
+            else:
+                self.stopping = True
+                self.emit(Event(ev.DAEMON_STOPPING, {"signal": sig.name}))
+                self.supervisor.shutdown(now)
+
+    def _on_worker_ready(self, identity: bytes, service: bytes, now: float) -> bool | None:
+        if self.stopping:
+            return False
+        return self.supervisor.on_ready(identity, service, now)
+
+    def _on_worker_expired(self, identity: bytes, now: float, silent_for: float) -> None:
+        self.supervisor.on_unresponsive(identity, now, silent_for)
+
+    # --- what the control commands read -------------------------------------------------
+
+    def status(self) -> dict:
+        now = time.monotonic()
+        services = {}
+        for name, workers in self.supervisor.snapshot(now).items():
+            for worker, slot in zip(workers, self.supervisor.slots[name]):
+                seen = self.broker.last_seen(slot.worker.identity) if slot.worker else None
+                worker["last_seen"] = round(now - seen, 3) if seen is not None else None
+            service = self.config.services[name]
+            services[name] = {"workers": workers, "configured": service.workers,
+                              "min_ready": service.min_ready,
+                              "ready": sum(w["state"] in ("READY", "BUSY") for w in workers)}
+        for link in self.broker.external_workers():
+            name = link.service.decode(errors="replace")
+            entry = services.setdefault(name, {"workers": [], "configured": 0, "min_ready": 0,
+                                               "ready": 0})
+            entry["workers"].append({
+                "slot": None, "state": "READY", "pid": None, "restarts": 0,
+                "uptime": round(now - link.registered, 3), "state_for": None,
+                "last_seen": round(now - link.last_seen, 3), "last_exit": None,
+                "backoff_remaining": None, "fatal_reason": None, "external": True,
+                "identity": link.identity.hex()})
+        return {"daemon": {"pid": self.pid, "version": __version__,
+                           "config": str(self.config.path),
+                           "uptime": round(now - self.started, 3),
+                           "started_at": self.started_wall, "stopping": self.stopping},
+                "services": services}
+

@@ -1,0 +1,52 @@
+"""The fixed vocabulary of lifecycle events: one name each, with key-value context.
+
+The same Event feeds the log (and, later, the state store). Names are part of the operator's
+contract: alerting and log queries match on them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+DAEMON_STARTED = "daemon.started"
+DAEMON_STOPPING = "daemon.stopping"
+DAEMON_STOPPED = "daemon.stopped"
+DAEMON_SIGNAL = "daemon.signal"
+WORKER_SPAWNED = "worker.spawned"
+WORKER_READY = "worker.ready"
+WORKER_START_TIMEOUT = "worker.start_timeout"
+WORKER_UNRESPONSIVE = "worker.heartbeat_timeout"
+WORKER_STOPPING = "worker.stopping"
+WORKER_STOPPED = "worker.stopped"
+WORKER_KILLED = "worker.killed"
+WORKER_EXITED = "worker.exited"
+WORKER_BACKOFF = "worker.backoff"
+WORKER_FATAL = "worker.fatal"
+WORKER_STATE = "worker.state"
+PROTOCOL_ERROR = "protocol.error"
+CONTROL_ERROR = "control.error"
+
+# Events an operator must see even at log_level = "warning".
+WARNING = frozenset({WORKER_START_TIMEOUT, WORKER_UNRESPONSIVE, WORKER_KILLED, WORKER_BACKOFF,
+                     PROTOCOL_ERROR, CONTROL_ERROR})
+ERROR = frozenset({WORKER_FATAL})
+DEBUG = frozenset({WORKER_STATE})
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str
+    context: dict = field(default_factory=dict)
+    severity: str | None = None  # overrides the level the name implies
+    ts: float = field(default_factory=time.time)  # wall clock: shown and stored, never compared
+
+    @property
+    def level(self) -> str:
+        if self.severity:
+            return self.severity
+        if self.name in ERROR:
+            return "error"
+        if self.name in WARNING:
+            return "warning"
+        return "debug" if self.name in DEBUG else "info"

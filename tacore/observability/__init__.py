@@ -1,0 +1,1 @@
+"""Logs (and, later, metrics): how the daemon tells an operator what happened."""

@@ -1,0 +1,25 @@
+"""The small, plain description a worker process builds its whole world from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Exit status of a worker whose service could not be created or whose start() raised.
+EXIT_START_FAILED = 3
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    service: str
+    slot: int
+    identity: bytes
+    handler: str
+    config: dict
+    backend: str
+    heartbeat_interval: float
+    heartbeat_liveness: int
+    daemon_pid: int
+    stack_fd: int
+    log_level: str
+    log_format: str
+    close_fds: frozenset[int] = field(default_factory=frozenset)

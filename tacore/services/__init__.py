@@ -1,0 +1,1 @@
+"""Built-in services: ``echo`` and ``ta``."""

@@ -1,0 +1,1 @@
+"""Worker processes: their states, restart policy and lifecycle. Knows nothing of ZeroMQ."""

@@ -1,0 +1,105 @@
+"""Read the stack a worker's faulthandler writes, and make it point at source lines.
+
+faulthandler (armed on SIGUSR1 in every worker) dumps all threads from inside its C signal
+handler, so it works even when start() is blocked in C code with no Python bytecode running.
+It prints file and line only; the daemon, on the same file system, adds each source line.
+The worker writes "main-thread 0x..." first, so the dump can say which frame blocks start().
+"""
+
+from __future__ import annotations
+
+import linecache
+import os
+import re
+import sysconfig
+
+from tacore.runtime import child
+
+_FRAME = re.compile(r'^\s*File "(?P<file>.*)", line (?P<line>\d+) in (?P<func>.*)$')
+_THREAD = re.compile(r"^(?P<current>Current thread|Thread) (?P<ident>0x[0-9a-f]+)")
+_MAIN = re.compile(rb"^main-thread (0x[0-9a-f]+)\n")
+
+
+class StackReader:
+    """Collects one worker's stack-pipe output; the dump is complete once the pipe goes quiet."""
+
+    QUIET = 0.05  # faulthandler writes a whole dump within microseconds; 50 ms of silence ends it
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        os.set_blocking(fd, False)
+        self.main_ident: str | None = None
+        self.buffer = bytearray()
+        self.last_data_at: float | None = None
+
+    def read(self, now: float) -> bool:
+        """Drain the pipe; False once the writer side is closed (the worker exited)."""
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return True
+            if not chunk:
+                return False
+            self.buffer += chunk
+            match = _MAIN.match(self.buffer)
+            if match:
+                self.main_ident = match.group(1).decode()
+                del self.buffer[:match.end()]
+            if self.buffer:
+                self.last_data_at = now
+
+    def start_dump(self):
+        self.buffer.clear()
+        self.last_data_at = None
+
+    def dump_done(self, now: float) -> bool:
+        return self.last_data_at is not None and now - self.last_data_at >= self.QUIET
+
+    def close(self):
+        os.close(self.fd)
+
+
+def annotate(raw: str, main_ident: str | None) -> tuple[str, str | None]:
+    """Add source lines to a faulthandler dump; return it and where the main thread is blocked.
+
+    ``blocked_at`` is the innermost main-thread frame outside the standard library (the
+    service's own line, not threading.py's), e.g. 'app/db.py:12 in start: conn.connect()'.
+    Frames below the worker's entry point are the daemon's, copied by fork: they are cut.
+    """
+    out, blocked_at, in_main, cut = [], None, False, False
+    for line in raw.splitlines():
+        thread = _THREAD.match(line)
+        if thread:
+            in_main = _same_ident(thread.group("ident"), main_ident)
+            cut = False
+            out.append(line + ("  [main thread]" if in_main else ""))
+            continue
+        frame = _FRAME.match(line)
+        if frame is None:
+            out.append(line)
+            continue
+        if cut:
+            continue
+        path, number, func = frame.group("file"), frame.group("line"), frame.group("func")
+        linecache.checkcache(path)  # the file may have changed since the daemon last read it
+        source = linecache.getline(path, int(number)).strip()
+        out.append(line + (f"\n    {source}" if source else ""))
+        if in_main and blocked_at is None and not _in_stdlib(path):
+            blocked_at = f"{path}:{number} in {func}" + (f": {source}" if source else "")
+        if path == _ENTRY_FILE and func == "run":
+            out.append("  (frames below are the daemon's, from before the fork)")
+            cut = True
+    return "\n".join(out), blocked_at
+
+
+_ENTRY_FILE = child.__file__
+_STDLIB = tuple({sysconfig.get_path("stdlib"), sysconfig.get_path("platstdlib")})
+
+
+def _in_stdlib(path: str) -> bool:
+    return path.startswith(_STDLIB) and "site-packages" not in path
+
+
+def _same_ident(a: str, b: str | None) -> bool:
+    return b is not None and int(a, 16) == int(b, 16)

@@ -1,0 +1,58 @@
+"""The worker-slot lifecycle: states, the allowed moves, and the one function that moves.
+
+    STOPPED ──spawn──▶ STARTING ──READY──▶ READY ◀──reply/request──▶ BUSY
+       ▲                  │                  │                        │
+       │                  └──────────────────┴───────┬────────────────┘
+       │                      kill (timeout, stop)   │ exited on its own
+       │                                 ▼           ▼
+       └──── exited, stop wanted ─── STOPPING ──▶ BACKOFF ──delay──▶ STARTING
+                                         │           │
+                                         └─────────▶ FATAL ──operator──▶ STARTING
+
+A slot leaves STOPPING when its process has exited: for STOPPED if the stop was wanted (an
+operator or shutdown), for BACKOFF or FATAL if the kill was a failure (start timeout, missed
+heartbeats, request timeout). Drawn in docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class State(enum.Enum):
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"
+    READY = "READY"
+    BUSY = "BUSY"
+    STOPPING = "STOPPING"
+    BACKOFF = "BACKOFF"
+    FATAL = "FATAL"
+
+    def __str__(self):
+        return self.value
+
+
+S = State
+TRANSITIONS: dict[State, frozenset[State]] = {
+    S.STOPPED: frozenset({S.STARTING}),
+    S.STARTING: frozenset({S.READY, S.STOPPING, S.BACKOFF, S.FATAL}),
+    S.READY: frozenset({S.BUSY, S.STOPPING, S.BACKOFF, S.FATAL}),
+    S.BUSY: frozenset({S.READY, S.STOPPING, S.BACKOFF, S.FATAL}),
+    S.STOPPING: frozenset({S.STOPPED, S.BACKOFF, S.FATAL}),
+    S.BACKOFF: frozenset({S.STARTING, S.STOPPED}),
+    S.FATAL: frozenset({S.STARTING, S.STOPPED}),
+}
+
+# States in which the slot has a live process.
+RUNNING = frozenset({S.STARTING, S.READY, S.BUSY, S.STOPPING})
+# States that count as able to serve for health and readiness.
+SERVING = frozenset({S.READY, S.BUSY})
+
+
+class TransitionError(Exception):
+    """A move the lifecycle does not allow: a bug in the caller, never silently ignored."""
+
+
+def check_transition(old: State, new: State) -> None:
+    if new not in TRANSITIONS[old]:
+        raise TransitionError(f"worker state cannot go from {old} to {new}")

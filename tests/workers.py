@@ -1,0 +1,60 @@
+"""Test services with known misbehaviour, imported by real workers in the integration tests."""
+
+import os
+import signal
+import threading
+import time
+
+
+class Echo:
+    def handle(self, method, params):
+        return params
+
+
+class BlocksInStart:
+    """start() never returns: the incident this project exists for."""
+
+    def start(self, config):
+        threading.Event().wait()  # BLOCKS-HERE
+
+    def handle(self, method, params):
+        return params
+
+
+class CrashesInStart:
+    def start(self, config):
+        raise RuntimeError("cannot reach the database")
+
+    def handle(self, method, params):
+        return params
+
+
+class CrashesLater:
+    """Becomes READY, then dies after config["after"] seconds."""
+
+    def start(self, config):
+        threading.Timer(config.get("after", 0.3), os._exit, args=(17,)).start()
+
+    def handle(self, method, params):
+        return params
+
+
+class IgnoresTerm:
+    """Ignores SIGTERM and blocks in start(): only SIGKILL ends it."""
+
+    def start(self, config):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(3600)
+
+    def handle(self, method, params):
+        return params
+
+
+class SlowStart:
+    """Takes config["seconds"] to start."""
+
+    def start(self, config):
+        time.sleep(config.get("seconds", 0.5))
+
+    def handle(self, method, params):
+        return params
