@@ -440,9 +440,9 @@ def _read_sections(path: Path, wanted, error: ConfigError) -> dict:
         raise error from None
     chunks, current = {}, None
     for line in text.splitlines():
-        header = _HEADER.match(line)
-        if header:
-            current = header.group(1)
+        if line.lstrip().startswith("["):  # a table header, perhaps a half-written one
+            header = _HEADER.match(line)
+            current = header.group(1) if header else None
         if current in wanted:
             chunks.setdefault(current, []).append(line)
     data = {}
