@@ -42,7 +42,7 @@ class ServiceConfig:
     max_restarts: int = 5
     restart_window: float = 60.0
     min_ready: int = 1
-    backoff_initial: float = 0.5
+    backoff_initial: float = 0.1
     backoff_max: float = 30.0
     config: dict = field(default_factory=dict)
 
