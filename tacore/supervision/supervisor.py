@@ -273,27 +273,28 @@ class Supervisor:
                           "signal": signal.Signals(-code).name if code < 0 else None,
                           "reason": reason, "at": time.time()}
         failure = w.stop_is_failure if w.stop_reason else True
-        self.emit(Event(ev.WORKER_EXITED, {**slot.context(pid=w.pid), **slot.last_exit,
-                                           "uptime": round(now - w.started, 3)},
+        exit_info = {k: v for k, v in slot.last_exit.items() if k != "at"}  # the line has a time
+        self.emit(Event(ev.WORKER_EXITED, slot.context(pid=w.pid, uptime=round(now - w.started, 3),
+                                                       **exit_info),
                         severity="warning" if failure else None))
         if self.shutting_down or not failure:
-            self._change(slot, State.STOPPED, now, ev.WORKER_STOPPED)
+            self._change(slot, State.STOPPED, now, ev.WORKER_STOPPED, pid=w.pid)
         else:
-            self._fail(slot, now, reason)
+            self._fail(slot, now, reason, pid=w.pid)
 
-    def _fail(self, slot: Slot, now: float, reason: str) -> None:
+    def _fail(self, slot: Slot, now: float, reason: str, **context) -> None:
         delay = slot.policy.record_failure(now, reason)
         if delay is not None:
             slot.backoff_until = now + delay
             self._change(slot, State.BACKOFF, now, ev.WORKER_BACKOFF, reason=reason,
-                         delay=round(delay, 3), failures=len(slot.policy.failures))
+                         delay=round(delay, 3), failures=len(slot.policy.failures), **context)
             return
         failures = slot.policy.recent(now)
         kinds = ", ".join(f"{n} {r}" for r, n in Counter(r for _, r in failures).items())
         slot.fatal_reason = (f"{len(failures)} failures within {slot.service.restart_window:g}s"
                              f" ({kinds}); last: {reason}")
         self._change(slot, State.FATAL, now, ev.WORKER_FATAL, reason=slot.fatal_reason,
-                     fix=f"fix the service, then restart tacored")
+                     fix="fix the service, then restart tacored", **context)
 
 
 def _signal(pid: int, sig: int) -> None:
