@@ -199,3 +199,22 @@ def test_worker_holds_none_of_the_daemons_sockets(start_daemon):
         assert not {link for link in shared if link.startswith("socket:")}, shared
         # The pipes to its own daemon: exit sentinel, parent sentinel, stack dump.
         assert len({link for link in shared if link.startswith("pipe:")}) <= 3, shared
+
+
+def test_a_paused_daemon_does_not_kill_its_workers(start_daemon):
+    """After the daemon itself was stopped, silent workers are not blamed; they re-register."""
+    d = start_daemon({"echo": {"handler": "tests.workers:Echo", "workers": 2}},
+                     broker={"heartbeat_interval": 0.2, "heartbeat_liveness": 3})
+    pids = [w["pid"] for w in d.workers("echo")]
+    os.kill(d.proc.pid, signal.SIGSTOP)
+    try:
+        # The workers notice the silent broker and reconnect (their own log lines).
+        d.wait_event("worker.broker_lost", count=2)
+    finally:
+        os.kill(d.proc.pid, signal.SIGCONT)
+    d.wait_event("daemon.stalled")
+    wait_until(lambda: all(w["state"] == "READY" and w["last_seen"] is not None
+                           and w["last_seen"] < 0.5 for w in d.workers("echo")),
+               5, "both workers heard from again")
+    assert [w["pid"] for w in d.workers("echo")] == pids
+    assert not d.events("worker.heartbeat_timeout")

@@ -40,6 +40,7 @@ class Broker:
         self.on_ready, self.on_expired, self.emit = on_ready, on_expired, emit
         self.workers: dict[bytes, WorkerLink] = {}
         self.next_heartbeat = 0.0
+        self.last_tick = float("inf")  # the first tick is never a stall
         self.dispatch = {mdp.READY: self._ready, mdp.HEARTBEAT: self._heartbeat,
                          mdp.DISCONNECT: self._disconnect, mdp.REPLY: self._reply,
                          mdp.PARTIAL: self._reply}
@@ -66,6 +67,15 @@ class Broker:
 
     def tick(self, now: float) -> None:
         """Expire silent workers, and heartbeat the idle ones once per interval."""
+        stalled = now - self.last_tick
+        self.last_tick = now
+        if stalled > self.expiry / 2:
+            # The daemon itself did not run (stopped, suspended, starved): the workers' silence
+            # is not theirs. Start counting again instead of killing every one of them.
+            self.emit(Event(ev.DAEMON_STALLED, {"seconds": round(stalled, 3)},
+                            severity="warning"))
+            for link in self.workers.values():
+                link.last_seen = max(link.last_seen, now)
         for link in [w for w in self.workers.values() if now - w.last_seen > self.expiry]:
             del self.workers[link.identity]
             if link.external:

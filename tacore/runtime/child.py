@@ -178,7 +178,9 @@ class Worker:
         finally:
             self.stopper.busy = False
         self._send([mdp.W_REPLY, client, b"", *reply])
-        self.beat_at = time.monotonic() + self.spec.heartbeat_interval
+        # The broker does not heartbeat a busy worker: silence is measured from the reply.
+        self.heard_at = time.monotonic()
+        self.beat_at = self.heard_at + self.spec.heartbeat_interval
 
     def _call(self, body: list[bytes]) -> list[bytes]:
         """Run one request through the service: tacore's JSON body convention (see README)."""

@@ -126,7 +126,11 @@ class Supervisor:
         slot = self.by_identity.get(identity)
         if slot is None:
             return None
-        if slot.state is not State.STARTING or service != slot.service.name.encode():
+        if service != slot.service.name.encode():
+            return False
+        if slot.state in SERVING:
+            return True  # it reconnected (it lost the broker for a while): re-register it
+        if slot.state is not State.STARTING:
             return False
         slot.worker.ready_at = now
         self._change(slot, State.READY, now, ev.WORKER_READY,
