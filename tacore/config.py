@@ -44,6 +44,9 @@ class ServiceConfig:
     min_ready: int = 1
     backoff_initial: float = 0.1
     backoff_max: float = 30.0
+    queue_limit: int = 100
+    queue_timeout: float = 10.0
+    retry_on_failure: bool = False
     config: dict = field(default_factory=dict)
 
 
@@ -62,6 +65,7 @@ class BrokerConfig:
     backend: str
     heartbeat_interval: float = 2.5
     heartbeat_liveness: int = 3
+    max_message_size: int = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,12 @@ def _choice(choices: tuple[str, ...]) -> Callable:
     return check
 
 
+def boolean(value):
+    if not isinstance(value, bool):
+        raise _Invalid(f"must be true or false, got {_type_name(value)} ({value!r})")
+    return value
+
+
 def string(value):
     if not isinstance(value, str) or not value:
         raise _Invalid(f"must be a non-empty string, got {_type_name(value)} ({value!r})")
@@ -204,13 +214,14 @@ def table(value):
 DAEMON_KEYS = {"runtime_dir": string, "state_dir": string, "log_level": _choice(LOG_LEVELS),
                "log_format": _choice(LOG_FORMATS), "python_path": string_list}
 BROKER_KEYS = {"frontend": endpoint_list, "backend": endpoint, "heartbeat_interval": duration,
-               "heartbeat_liveness": _integer(1)}
+               "heartbeat_liveness": _integer(1), "max_message_size": _integer(1024)}
 CONTROL_KEYS = {"endpoint": endpoint}
 SERVICE_KEYS = {"handler": handler, "workers": _integer(0), "start_timeout": duration,
                 "request_timeout": duration, "stop_timeout": duration,
                 "max_restarts": _integer(0), "restart_window": duration,
                 "min_ready": _integer(0), "backoff_initial": duration,
-                "backoff_max": duration, "config": table}
+                "backoff_max": duration, "queue_limit": _integer(0), "queue_timeout": duration,
+                "retry_on_failure": boolean, "config": table}
 SECTIONS = ("daemon", "broker", "control", "services")
 
 

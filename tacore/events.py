@@ -26,10 +26,11 @@ WORKER_BACKOFF = "worker.backoff"
 WORKER_FATAL = "worker.fatal"
 WORKER_STATE = "worker.state"
 PROTOCOL_ERROR = "protocol.error"
+REQUEST_TIMEOUT = "request.timeout"
 CONTROL_ERROR = "control.error"
 
 # Events an operator must see even at log_level = "warning".
-WARNING = frozenset({WORKER_START_TIMEOUT, WORKER_UNRESPONSIVE, WORKER_KILLED, WORKER_BACKOFF,
+WARNING = frozenset({WORKER_START_TIMEOUT, WORKER_UNRESPONSIVE, REQUEST_TIMEOUT, WORKER_KILLED, WORKER_BACKOFF,
                      PROTOCOL_ERROR, CONTROL_ERROR})
 ERROR = frozenset({WORKER_FATAL})
 DEBUG = frozenset({WORKER_STATE})

@@ -1,146 +1,419 @@
-"""The broker's backend: the registry of Majordomo workers and their heartbeats.
+"""The Majordomo broker: clients on the frontend, workers on the backend, one reply per request.
 
-Workers (the daemon's own children, and external MDP workers) connect to the backend ROUTER and
-say READY. The broker sends HEARTBEAT to idle workers every ``heartbeat_interval`` and counts
-any message from a worker as a sign of life; a worker silent for ``interval * liveness`` has
-expired. The broker tells the daemon through callbacks and never touches processes.
+Routing: per service, a FIFO queue of waiting requests and a least-recently-used deque of idle
+workers; a worker holds one request at a time. Every request ends in exactly one reply to its
+client: the worker's answer, or an error the broker makes itself ("404" unknown service,
+"503" unavailable, "502" worker died, "504" request timeout). The broker never parses bodies.
+
+Workers (the daemon's children and external MDP workers) say READY on the backend; idle ones
+are heartbeated every ``heartbeat_interval`` and expire after ``interval * liveness`` of
+silence. A busy worker is judged by the deadline armed when its request was dispatched.
+
+The broker knows nothing of processes: what it learns about workers it tells its ``hooks``
+(the daemon), which may answer by calling ``forget`` or ``retire``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+import json
+from collections import deque
+from typing import Protocol
 
 import zmq
 
 from tacore import events as ev
 from tacore.brokering import protocol as mdp
+from tacore.brokering.protocol import ClientRequest
 from tacore.events import Event
 
+MMI_SERVICE = b"mmi.service"
+PROTOCOL_ERRORS_PER_SECOND = 20  # more than this are counted, not logged one by one
+# Settings of a service that only external workers serve: queue_limit, queue_timeout,
+# request_timeout, retry_on_failure (the defaults of a configured service).
+EXTERNAL_SERVICE = (100, 10.0, 30.0, False)
 
-@dataclass(slots=True)
+
+class Hooks(Protocol):
+    """What the broker tells the daemon."""
+
+    def worker_ready(self, identity: bytes, service: bytes, now: float) -> bool | None:
+        """True: one of ours, accepted; False: refuse it; None: an external worker."""
+
+    def worker_expired(self, identity: bytes, now: float, silent_for: float) -> None: ...
+    def worker_busy(self, identity: bytes, busy: bool, now: float) -> None: ...
+    def request_timed_out(self, identity: bytes, now: float, age: float) -> None: ...
+    def service_fatal(self, service: str) -> bool: ...
+    def emit(self, event: Event) -> None: ...
+
+
+class Route:
+    """One service's queue and idle workers."""
+
+    __slots__ = ("name", "queue", "idle", "workers", "configured", "queue_limit",
+                 "queue_timeout", "request_timeout", "retry_on_failure", "requests")
+
+    def __init__(self, name: bytes, configured: bool, queue_limit: int, queue_timeout: float,
+                 request_timeout: float, retry_on_failure: bool):
+        self.name, self.configured = name, configured
+        self.queue: deque[ClientRequest] = deque()
+        self.idle: deque[WorkerLink] = deque()
+        self.workers = 0  # registered workers, idle or busy
+        self.queue_limit, self.queue_timeout = queue_limit, queue_timeout
+        self.request_timeout, self.retry_on_failure = request_timeout, retry_on_failure
+        self.requests = 0
+
+
 class WorkerLink:
     """What the broker knows of one registered worker."""
 
-    identity: bytes
-    service: bytes
-    version: int
-    external: bool
-    last_seen: float
-    registered: float
+    __slots__ = ("identity", "route", "version", "external", "last_seen", "registered",
+                 "current", "requests", "retiring")
+
+    def __init__(self, identity: bytes, route: Route, version: int, external: bool, now: float):
+        self.identity, self.route, self.version, self.external = identity, route, version, external
+        self.last_seen = self.registered = now
+        self.current: ClientRequest | None = None
+        self.requests = 0
+        self.retiring = False
 
 
 class Broker:
-    def __init__(self, backend: zmq.Socket, heartbeat_interval: float, liveness: int,
-                 on_ready: Callable[[bytes, bytes, float], bool | None],
-                 on_expired: Callable[[bytes, float, float], None],
-                 emit: Callable[[Event], None]):
-        self.backend = backend
+    def __init__(self, frontend: zmq.Socket, backend: zmq.Socket, heartbeat_interval: float,
+                 liveness: int, services: dict, hooks: Hooks):
+        self.frontend, self.backend, self.hooks = frontend, backend, hooks
         self.interval, self.expiry = heartbeat_interval, heartbeat_interval * liveness
-        self.on_ready, self.on_expired, self.emit = on_ready, on_expired, emit
+        self.routes: dict[bytes, Route] = {
+            name.encode(): Route(name.encode(), True, s.queue_limit, s.queue_timeout,
+                                 s.request_timeout, s.retry_on_failure)
+            for name, s in services.items()}
         self.workers: dict[bytes, WorkerLink] = {}
-        self.next_heartbeat = 0.0
-        self.last_tick = float("inf")  # the first tick is never a stall
-        self.dispatch = {mdp.READY: self._ready, mdp.HEARTBEAT: self._heartbeat,
+        self.stopping = False
+        self.sequence = 0
+        self.next_heartbeat = float("inf")  # set by start()
+        self.next_expiry = float("inf")  # earliest queue or request deadline, maybe early
+        self.errors_window, self.errors_in_window, self.errors_suppressed = 0.0, 0, 0
+        self.commands = {mdp.READY: self._ready, mdp.HEARTBEAT: self._heartbeat,
                          mdp.DISCONNECT: self._disconnect, mdp.REPLY: self._reply,
-                         mdp.PARTIAL: self._reply}
+                         mdp.PARTIAL: self._partial}
 
-    # --- what the loop calls --------------------------------------------------------------
+    # --- clients ------------------------------------------------------------------------
+
+    def on_frontend(self, now: float) -> None:
+        """Route every request waiting on the frontend socket."""
+        recv = self.frontend.recv_multipart
+        while True:
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                request = mdp.parse_client(frames, now)
+            except mdp.ProtocolError as e:
+                self._bad_client(frames, str(e), now)
+                continue
+            self._route(request, now)
+
+    def _route(self, req: ClientRequest, now: float) -> None:
+        if req.service[:4] == b"mmi.":
+            self._mmi(req)
+            return
+        route = self.routes.get(req.service)
+        if route is None:
+            self._error(req, b"404", "no_such_service",
+                        f"no service named {req.service.decode(errors='replace')!r}")
+        elif self.stopping:
+            self._error(req, b"503", "shutting_down", "the daemon is shutting down")
+        elif route.idle:
+            route.requests += 1
+            self._dispatch(route.idle.popleft(), req, now)
+        elif route.workers == 0 and self.hooks.service_fatal(route.name.decode()):
+            self._error(req, b"503", "service_fatal",
+                        f"service {route.name.decode()!r} is FATAL: no worker will start until "
+                        "an operator acts")
+        elif len(route.queue) >= route.queue_limit:
+            self._error(req, b"503", "queue_full",
+                        f"{len(route.queue)} requests already wait for {route.name.decode()!r} "
+                        f"(queue_limit {route.queue_limit})")
+        else:
+            route.requests += 1
+            req.deadline = now + route.queue_timeout
+            route.queue.append(req)
+            if req.deadline < self.next_expiry:
+                self.next_expiry = req.deadline
+
+    def _dispatch(self, link: WorkerLink, req: ClientRequest, now: float) -> None:
+        """Give ``req`` to the idle ``link``; on a vanished peer, put it back at the front."""
+        self.sequence += 1
+        req.token = self.sequence.to_bytes(8, "big")
+        req.deadline = now + link.route.request_timeout
+        try:
+            self.backend.send_multipart(
+                mdp.worker_request(link.identity, link.version, req.token, req.body), zmq.NOBLOCK)
+        except zmq.ZMQError:  # its connection is gone (ROUTER_MANDATORY) or it is flooded
+            self._drop_link(link, now)
+            self._requeue(link.route, req, now)
+            return
+        link.current, req.worker = req, link
+        if req.deadline < self.next_expiry:
+            self.next_expiry = req.deadline
+        if not link.external:
+            self.hooks.worker_busy(link.identity, True, now)
+
+    def _requeue(self, route: Route, req: ClientRequest, now: float) -> None:
+        """A request that has not been answered goes first in line again."""
+        req.worker = None
+        if route.idle:
+            self._dispatch(route.idle.popleft(), req, now)
+        else:
+            req.deadline = now + route.queue_timeout
+            route.queue.appendleft(req)
+            self.next_expiry = min(self.next_expiry, req.deadline)
+
+    def _mmi(self, req: ClientRequest) -> None:
+        """8/MMI: the body is replaced by a status code, the service frame kept."""
+        if req.service == MMI_SERVICE:
+            route = self.routes.get(req.body[0]) if len(req.body) == 1 else None
+            code = b"200" if route is not None and route.workers > 0 else b"404"
+        else:
+            code = b"501"
+        self._send_client(mdp.client_reply(req.client, req.version, req.service, [code]))
+
+    def _error(self, req: ClientRequest, status: bytes, error: str, message: str) -> None:
+        body = [status, json.dumps({"error": error, "message": message}).encode()]
+        self._send_client(mdp.client_reply(req.client, req.version, req.service, body))
+
+    def _bad_client(self, frames: list[bytes], problem: str, now: float) -> None:
+        self._protocol_error("frontend", problem, frames[0] if frames else b"", now)
+        version = mdp.replyable_version(frames)
+        if version is not None:
+            body = [b"400", json.dumps({"error": "bad_request", "message": problem}).encode()]
+            self._send_client(mdp.client_reply(frames[0], version, b"", body))
+
+    def _send_client(self, frames: list) -> None:
+        try:
+            self.frontend.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the client went away or stopped reading: its reply is dropped, nothing kept
+
+    # --- workers ------------------------------------------------------------------------
 
     def on_backend(self, now: float) -> None:
         """Handle every message waiting on the backend socket."""
+        recv, workers = self.backend.recv_multipart, self.workers
         while True:
             try:
-                frames = self.backend.recv_multipart(zmq.NOBLOCK, copy=True)
+                frames = recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
             try:
                 msg = mdp.parse_worker(frames)
             except mdp.ProtocolError as e:
-                self.emit(Event(ev.PROTOCOL_ERROR, {"socket": "backend", "error": str(e),
-                                                    "peer": frames[0].hex()[:64]}))
+                self._protocol_error("backend", str(e), frames[0], now)
                 continue
-            link = self.workers.get(msg.identity)
+            link = workers.get(msg.identity)
             if link is not None:
                 link.last_seen = now
-            self.dispatch[msg.command](msg, link, now)
-
-    def tick(self, now: float) -> None:
-        """Expire silent workers, and heartbeat the idle ones once per interval."""
-        stalled = now - self.last_tick
-        self.last_tick = now
-        if stalled > self.expiry / 2:
-            # The daemon itself did not run (stopped, suspended, starved): the workers' silence
-            # is not theirs. Start counting again instead of killing every one of them.
-            self.emit(Event(ev.DAEMON_STALLED, {"seconds": round(stalled, 3)},
-                            severity="warning"))
-            for link in self.workers.values():
-                link.last_seen = max(link.last_seen, now)
-        for link in [w for w in self.workers.values() if now - w.last_seen > self.expiry]:
-            del self.workers[link.identity]
-            if link.external:
-                self._send(link.identity, link.version, mdp.DISCONNECT)
-            self.on_expired(link.identity, now, now - link.last_seen)
-        if now >= self.next_heartbeat:
-            for link in list(self.workers.values()):
-                self._send(link.identity, link.version, mdp.HEARTBEAT)
-            self.next_heartbeat = now + self.interval
-
-    def next_deadline(self) -> float:
-        oldest = min((w.last_seen for w in self.workers.values()), default=None)
-        expiry = oldest + self.expiry if oldest is not None else self.next_heartbeat
-        return min(self.next_heartbeat, expiry)
-
-    def forget(self, identity: bytes) -> None:
-        """The daemon says this worker's process is gone: drop it without a word."""
-        self.workers.pop(identity, None)
-
-    def last_seen(self, identity: bytes) -> float | None:
-        link = self.workers.get(identity)
-        return link.last_seen if link else None
-
-    def external_workers(self) -> list[WorkerLink]:
-        return [w for w in self.workers.values() if w.external]
-
-    # --- worker commands ------------------------------------------------------------------
+            self.commands[msg.command](msg, link, now)
 
     def _ready(self, msg: mdp.WorkerMessage, link: WorkerLink | None, now: float) -> None:
-        if link is not None or msg.service.startswith(b"mmi."):
+        if link is not None or msg.service[:4] == b"mmi.":
             # A second READY, or a worker claiming a broker-internal service: MDP says
             # answer a valid but unexpected command with DISCONNECT.
-            self._refuse(msg, "second READY" if link else "mmi.* services belong to the broker")
+            self._refuse(msg, "second READY" if link else "mmi.* services belong to the broker",
+                         now)
             return
-        verdict = self.on_ready(msg.identity, msg.service, now)
+        verdict = self.hooks.worker_ready(msg.identity, msg.service, now)
         if verdict is False:
-            self._refuse(msg, "READY not expected from this worker now")
+            self._refuse(msg, "READY not expected from this worker now", now)
             return
-        self.workers[msg.identity] = WorkerLink(msg.identity, msg.service, msg.version,
-                                                external=verdict is None, last_seen=now,
-                                                registered=now)
+        route = self.routes.get(msg.service)
+        if route is None:
+            route = self.routes[msg.service] = Route(msg.service, False, *EXTERNAL_SERVICE)
+        link = WorkerLink(msg.identity, route, msg.version, verdict is None, now)
+        self.workers[msg.identity] = link
+        route.workers += 1
+        self._release(link, now)
+
+    def _release(self, link: WorkerLink, now: float) -> None:
+        """The worker is free: the next queued request, or the idle deque (LRU at the front)."""
+        route = link.route
+        if link.retiring:
+            return
+        if route.queue:
+            self._dispatch(link, route.queue.popleft(), now)
+            return
+        route.idle.append(link)
+        if not link.external:
+            self.hooks.worker_busy(link.identity, False, now)
+
+    def _reply(self, msg: mdp.WorkerMessage, link: WorkerLink | None, now: float) -> None:
+        req = self._current_for(msg, link, now)
+        if req is None:
+            return
+        self._send_client(mdp.client_reply(req.client, req.version, req.service, msg.body))
+        link.current, req.worker = None, None
+        link.requests += 1
+        self._release(link, now)
+
+    def _partial(self, msg: mdp.WorkerMessage, link: WorkerLink | None, now: float) -> None:
+        req = self._current_for(msg, link, now)
+        if req is not None and req.version == 2:  # a 0.1 client takes exactly one message
+            self._send_client(mdp.client_reply(req.client, 2, req.service, msg.body, final=False))
+
+    def _current_for(self, msg, link, now) -> ClientRequest | None:
+        """The request a reply answers; a reply nobody asked for is refused or dropped."""
+        if link is None or link.current is None:
+            self._refuse(msg, "a reply without a request", now)
+            return None
+        if msg.client != link.current.token:
+            self._protocol_error("backend", "a reply for another request", msg.identity, now)
+            return None
+        return link.current
 
     def _heartbeat(self, msg: mdp.WorkerMessage, link: WorkerLink | None, now: float) -> None:
         if link is None:
             # Not registered (e.g. it outlived a daemon restart): make it reconnect and READY.
-            self._send(msg.identity, msg.version, mdp.DISCONNECT)
+            self._send_worker(msg.identity, msg.version, mdp.DISCONNECT)
 
     def _disconnect(self, msg: mdp.WorkerMessage, link: WorkerLink | None, now: float) -> None:
-        self.workers.pop(msg.identity, None)
+        if link is not None:
+            self._drop_link(link, now)
 
-    def _reply(self, msg: mdp.WorkerMessage, link: WorkerLink | None, now: float) -> None:
-        if link is None:
-            self._send(msg.identity, msg.version, mdp.DISCONNECT)
-        # Routing replies to clients arrives with the frontend.
+    def _refuse(self, msg: mdp.WorkerMessage, why: str, now: float) -> None:
+        self._protocol_error("backend", why, msg.identity, now)
+        link = self.workers.get(msg.identity)
+        if link is not None:
+            self._drop_link(link, now)
+        self._send_worker(msg.identity, msg.version, mdp.DISCONNECT)
 
-    def _refuse(self, msg: mdp.WorkerMessage, why: str) -> None:
-        self.emit(Event(ev.PROTOCOL_ERROR, {"socket": "backend", "error": why,
-                                            "service": msg.service.decode(errors="replace"),
-                                            "peer": msg.identity.hex()[:64]}))
-        self.workers.pop(msg.identity, None)
-        self._send(msg.identity, msg.version, mdp.DISCONNECT)
-
-    def _send(self, identity: bytes, version: int, command: str) -> None:
+    def _send_worker(self, identity: bytes, version: int, command: str) -> None:
         try:
             self.backend.send_multipart(mdp.worker_command(identity, version, command),
                                         zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # the peer is gone (ROUTER_MANDATORY) or its queue is full: nothing to tell
+
+    def _drop_link(self, link: WorkerLink, now: float) -> None:
+        """Unregister a worker; a request it was handling is retried once or answered 502."""
+        if self.workers.pop(link.identity, None) is None:
+            return
+        route = link.route
+        route.workers -= 1
+        try:
+            route.idle.remove(link)
+        except ValueError:
+            pass
+        req, link.current = link.current, None
+        if req is not None:
+            if route.retry_on_failure and not req.retried:
+                req.retried = True
+                self._requeue(route, req, now)
+            else:
+                self._error(req, b"502", "worker_died",
+                            "the worker died while handling the request")
+        if not route.configured and route.workers == 0 and not route.queue:
+            del self.routes[route.name]  # an external-only service is gone with its workers
+
+    # --- what the daemon calls ----------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        self.next_heartbeat = now + self.interval
+
+    def forget(self, identity: bytes, now: float) -> None:
+        """This worker's process is gone."""
+        link = self.workers.get(identity)
+        if link is not None:
+            self._drop_link(link, now)
+
+    def retire(self, identity: bytes) -> None:
+        """This worker is being stopped: no new request; a current one may still finish."""
+        link = self.workers.get(identity)
+        if link is not None:
+            link.retiring = True
+            try:
+                link.route.idle.remove(link)
+            except ValueError:
+                pass
+
+    def stop_accepting(self, now: float) -> None:
+        """Shutdown: new requests get "503"; queued ones are answered "503" now."""
+        self.stopping = True
+        for route in self.routes.values():
+            while route.queue:
+                self._error(route.queue.popleft(), b"503", "shutting_down",
+                            "the daemon is shutting down")
+
+    def tick(self, now: float) -> None:
+        """Expire queued and running requests past their deadline; heartbeat idle workers."""
+        if now >= self.next_expiry:
+            self._expire(now)
+        if now < self.next_heartbeat:
+            return
+        if now - self.next_heartbeat > self.expiry / 2:
+            # The daemon itself did not run (stopped, suspended, starved): the workers' silence
+            # is not theirs. Start counting again instead of killing every one of them.
+            self.hooks.emit(Event(ev.DAEMON_STALLED, {"seconds": round(now - self.next_heartbeat, 3)},
+                                  severity="warning"))
+            for link in self.workers.values():
+                link.last_seen = max(link.last_seen, now)
+        for link in [w for w in self.workers.values()
+                     if w.current is None and now - w.last_seen > self.expiry]:
+            self._drop_link(link, now)
+            if link.external:
+                self._send_worker(link.identity, link.version, mdp.DISCONNECT)
+            self.hooks.worker_expired(link.identity, now, now - link.last_seen)
+        for link in list(self.workers.values()):
+            if link.current is None:
+                self._send_worker(link.identity, link.version, mdp.HEARTBEAT)
+        self.next_heartbeat = now + self.interval
+
+    def _expire(self, now: float) -> None:
+        earliest = float("inf")
+        for route in self.routes.values():
+            queue = route.queue
+            while queue and queue[0].deadline <= now:
+                self._error(queue.popleft(), b"503", "no_worker",
+                            f"no worker of {route.name.decode()!r} became available within "
+                            f"queue_timeout ({route.queue_timeout:g}s)")
+            if queue:
+                earliest = min(earliest, queue[0].deadline)
+        for link in list(self.workers.values()):
+            req = link.current
+            if req is None:
+                continue
+            if req.deadline > now:
+                earliest = min(earliest, req.deadline)
+                continue
+            link.current = None  # answered here: a late reply finds no request
+            self._error(req, b"504", "timeout", f"the request exceeded request_timeout "
+                        f"({link.route.request_timeout:g}s)")
+            self._drop_link(link, now)
+            if link.external:
+                self._send_worker(link.identity, link.version, mdp.DISCONNECT)
+            else:
+                self.hooks.request_timed_out(link.identity, now, now - req.arrived)
+        self.next_expiry = earliest
+
+    def next_deadline(self) -> float:
+        return min(self.next_heartbeat, self.next_expiry)
+
+    def _protocol_error(self, socket: str, problem: str, peer: bytes, now: float) -> None:
+        """Log garbage, at most PROTOCOL_ERRORS_PER_SECOND lines a second (a flood is counted)."""
+        if now - self.errors_window >= 1.0:
+            if self.errors_suppressed:
+                self.hooks.emit(Event(ev.PROTOCOL_ERROR, {"suppressed": self.errors_suppressed}))
+            self.errors_window, self.errors_in_window, self.errors_suppressed = now, 0, 0
+        self.errors_in_window += 1
+        if self.errors_in_window > PROTOCOL_ERRORS_PER_SECOND:
+            self.errors_suppressed += 1
+            return
+        self.hooks.emit(Event(ev.PROTOCOL_ERROR, {"socket": socket, "error": problem,
+                                                  "peer": peer.hex()[:64]}))
+
+    # --- what status reads --------------------------------------------------------------
+
+    def link(self, identity: bytes) -> WorkerLink | None:
+        return self.workers.get(identity)
+
+    def external_workers(self) -> list[WorkerLink]:
+        return [w for w in self.workers.values() if w.external]

@@ -14,7 +14,15 @@ Worker → broker, after the ROUTER's identity frame:
 Broker → worker: 0.1 REQUEST [""]["MDPW01"][0x02][client][""][body...], HEARTBEAT, DISCONNECT;
 0.2 the same without the leading empty frame and with 0.2's command numbers.
 
-Anything else is garbage: ``parse_worker`` raises ProtocolError, the broker logs and drops it.
+Client → broker (after the identity frame), and the replies:
+
+    0.1  [""]["MDPC01"][service][body...]              REQUEST  (REQ socket, or DEALER + "")
+         [""]["MDPC01"][service][body...]              REPLY
+    0.2  ["MDPC02"][0x01][service][body...]            REQUEST  (DEALER)
+         ["MDPC02"][0x02|0x03][service][body...]       PARTIAL | FINAL
+
+Anything else is garbage: ``parse_worker``/``parse_client`` raise ProtocolError, and the broker
+answers it where the sender can take an answer, and logs and drops it otherwise.
 """
 
 from __future__ import annotations
@@ -25,6 +33,12 @@ from dataclasses import dataclass
 class ProtocolError(Exception):
     """A message that is not valid Majordomo; dropped (and logged) by the broker."""
 
+
+C_V1 = b"MDPC01"
+C_V2 = b"MDPC02"
+C2_REQUEST = b"\x01"
+C2_PARTIAL = b"\x02"
+C2_FINAL = b"\x03"
 
 W_V1 = b"MDPW01"
 W_V2 = b"MDPW02"
@@ -95,3 +109,46 @@ def worker_command(identity: bytes, version: int, command: str) -> list[bytes]:
     """HEARTBEAT or DISCONNECT for a worker, in the worker's own protocol version."""
     header = [b"", W_V1] if version == 1 else [W_V2]
     return [identity, *header, _OUT[version][command]]
+
+
+class ClientRequest:
+    """A client's request as the broker keeps it until exactly one reply has gone back."""
+
+    __slots__ = ("client", "version", "service", "body", "token", "arrived", "deadline",
+                 "retried", "worker")
+
+    def __init__(self, client: bytes, version: int, service: bytes, body: list, arrived: float):
+        self.client, self.version, self.service, self.body = client, version, service, body
+        self.arrived, self.deadline, self.token = arrived, 0.0, b""
+        self.retried, self.worker = False, None
+
+
+def parse_client(frames: list[bytes], now: float) -> ClientRequest:
+    """Decode one message received on the frontend ROUTER (identity frame first)."""
+    if len(frames) >= 4 and frames[1] == b"" and frames[2] == C_V1:
+        return ClientRequest(frames[0], 1, frames[3], frames[4:], now)
+    if len(frames) >= 4 and frames[1] == C_V2 and frames[2] == C2_REQUEST:
+        return ClientRequest(frames[0], 2, frames[3], frames[4:], now)
+    raise ProtocolError("not a Majordomo client request (expected [\"\"][MDPC01][service]"
+                        "[body] or [MDPC02][0x01][service][body])")
+
+
+def replyable_version(frames: list[bytes]) -> int | None:
+    """For garbage from a client: the protocol version an error reply can use, if any."""
+    if len(frames) >= 2 and frames[1] == b"":
+        return 1  # a REQ envelope: any single reply unblocks the client
+    if len(frames) >= 2 and frames[1] == C_V2:
+        return 2
+    return None
+
+
+def client_reply(client: bytes, version: int, service: bytes, body, final: bool = True) -> list:
+    if version == 1:
+        return [client, b"", C_V1, service, *body]
+    return [client, C_V2, C2_FINAL if final else C2_PARTIAL, service, *body]
+
+
+def worker_request(identity: bytes, version: int, token: bytes, body) -> list:
+    if version == 1:
+        return [identity, b"", W_V1, W_REQUEST, token, b"", *body]
+    return [identity, W_V2, W2_REQUEST, token, b"", *body]

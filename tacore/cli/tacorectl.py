@@ -13,6 +13,7 @@ import click
 
 from tacore import __version__, config as configuration
 from tacore.cli import render
+from tacore.client import CallError, CallTimeout, Client
 from tacore.control.client import CommandFailed, ControlClient, Unreachable
 from tacore.errors import EX_CONFIG, ConfigError
 
@@ -97,6 +98,45 @@ def health(obj: Context, as_json: bool):
     result = obj.call("health")
     click.echo(json.dumps(result, indent=2) if as_json else render.health_text(result))
     sys.exit(0 if result["healthy"] else EXIT_UNHEALTHY)
+
+
+
+
+@main.command()
+@click.argument("service")
+@click.argument("method")
+@click.argument("params", required=False, default="null")
+@click.option("--frontend", envvar="TACORE_FRONTEND", metavar="ENDPOINT",
+              help="Frontend endpoint (env: TACORE_FRONTEND); default: the daemon's first.")
+@click.option("--call-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.01),
+              help="Seconds to wait for the reply.")
+@click.pass_obj
+def call(obj: Context, service, method, params, frontend, call_timeout):
+    """Call SERVICE's METHOD with PARAMS (JSON) and print the result as JSON.
+
+    Exit 0 with the result; 1 with the error (status, error, message) on stderr; 3 if the
+    daemon is not running.
+
+    \b
+    Examples:
+      tacorectl call echo hello '{"a": 1}'
+      tacorectl call ta sma '{"prices": [1, 2, 3, 4, 5, 6], "window": 3}'
+    """
+    try:
+        params = json.loads(params)
+    except ValueError as e:
+        raise click.BadParameter(f"not JSON: {e}", param_hint="PARAMS") from None
+    endpoint = frontend or obj.call("ping")["frontend"][0]
+    try:
+        result = Client(endpoint).call(service, method, params, timeout=call_timeout)
+    except CallTimeout as e:
+        click.echo(f"tacorectl: {e.message}", err=True)
+        sys.exit(EXIT_NOT_RUNNING)
+    except CallError as e:
+        click.echo(f"tacorectl: {service}.{method} failed: {e.status} {e.error}: {e.message}",
+                   err=True)
+        sys.exit(1)
+    click.echo(json.dumps(result))
 
 
 if __name__ == "__main__":

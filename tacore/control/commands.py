@@ -20,7 +20,8 @@ def health(daemon, args: dict) -> dict:
 
 
 def ping(daemon, args: dict) -> dict:
-    return {"pong": True, "pid": daemon.pid, "version": __version__}
+    return {"pong": True, "pid": daemon.pid, "version": __version__,
+            "frontend": list(daemon.config.broker.frontend)}
 
 
 COMMANDS = {"status": status, "health": health, "ping": ping}

@@ -50,11 +50,13 @@ class Daemon:
             self._bind()
             self.signals = SignalPipe()
             self._watch(self.signals.fileno(), self._on_signal)
+            self.broker.start(time.monotonic())
             self.supervisor.start(time.monotonic())
             self.emit(Event(ev.DAEMON_STARTED, {
                 "pid": self.pid, "version": __version__, "config": str(self.config.path),
                 "services": {n: s.workers for n, s in self.config.services.items()},
-                "control": self.config.control.endpoint, "backend": self.config.broker.backend}))
+                "frontend": list(self.config.broker.frontend), "backend": self.config.broker.backend,
+                "control": self.config.control.endpoint}))
             while not (self.stopping and self.supervisor.all_stopped()):
                 self._wait_and_dispatch()
                 self._fire_deadlines(time.monotonic())
@@ -64,28 +66,31 @@ class Daemon:
             self._close()
 
     def _bind(self) -> None:
-        daemon = self.config.daemon
+        daemon, broker = self.config.daemon, self.config.broker
         sockets.prepare_runtime_dir(daemon.runtime_dir)
         self.lock = sockets.DaemonLock(daemon.runtime_dir)
-        self.backend = self._socket(zmq.ROUTER, self.config.broker.backend, "backend")
-        self.backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.frontend = self._socket(zmq.ROUTER, broker.frontend, "frontend")
+        self.backend = self._socket(zmq.ROUTER, [broker.backend], "backend")
+        self.backend.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a vanished worker is an error, not a loss
         self.backend.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting worker replaces itself
-        self.control_sock = self._socket(zmq.ROUTER, self.config.control.endpoint, "control")
-        broker = self.config.broker
-        self.broker = Broker(self.backend, broker.heartbeat_interval, broker.heartbeat_liveness,
-                             on_ready=self._on_worker_ready, on_expired=self._on_worker_expired,
-                             emit=self.emit)
+        self.control_sock = self._socket(zmq.ROUTER, [self.config.control.endpoint], "control")
+        self.broker = Broker(self.frontend, self.backend, broker.heartbeat_interval,
+                             broker.heartbeat_liveness, self.config.services, hooks=self)
         self.supervisor = Supervisor(self.config, self.emit, self._watch, self._unwatch,
-                                     forget=self.broker.forget)
+                                     forget=self.broker.forget, retire=self.broker.retire)
         self.control = ControlServer(self.control_sock, self, self.emit)
+        self._watch(self.frontend, self.broker.on_frontend)
         self._watch(self.backend, self.broker.on_backend)
         self._watch(self.control_sock, self.control.on_readable)
 
-    def _socket(self, kind: int, endpoint: str, what: str) -> zmq.Socket:
+    def _socket(self, kind: int, endpoints: list[str], what: str) -> zmq.Socket:
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
-        sockets.bind(sock, endpoint, what)
-        self.bound.append(endpoint)
+        if what != "control":  # a larger message disconnects its sender (libzmq enforces it)
+            sock.setsockopt(zmq.MAXMSGSIZE, self.config.broker.max_message_size)
+        for endpoint in endpoints:
+            sockets.bind(sock, endpoint, what)
+            self.bound.append(endpoint)
         return sock
 
     def _close(self) -> None:
@@ -93,6 +98,8 @@ class Daemon:
             self.supervisor.kill_all()  # only on an unexpected error: never leave orphans
         if getattr(self, "signals", None) is not None:
             self.signals.close()
+        if getattr(self, "frontend", None) is not None:
+            self.frontend.close(linger=1000)  # let the last replies reach their clients
         self.ctx.destroy(linger=0)
         for endpoint in self.bound:
             sockets.unlink_ipc(endpoint)
@@ -144,15 +151,27 @@ class Daemon:
             else:
                 self.stopping = True
                 self.emit(Event(ev.DAEMON_STOPPING, {"signal": sig.name}))
+                self.broker.stop_accepting(now)
                 self.supervisor.shutdown(now)
 
-    def _on_worker_ready(self, identity: bytes, service: bytes, now: float) -> bool | None:
+    # --- the broker's hooks: what it tells the daemon about workers ----------------------
+
+    def worker_ready(self, identity: bytes, service: bytes, now: float) -> bool | None:
         if self.stopping:
             return False
         return self.supervisor.on_ready(identity, service, now)
 
-    def _on_worker_expired(self, identity: bytes, now: float, silent_for: float) -> None:
+    def worker_expired(self, identity: bytes, now: float, silent_for: float) -> None:
         self.supervisor.on_unresponsive(identity, now, silent_for)
+
+    def worker_busy(self, identity: bytes, busy: bool, now: float) -> None:
+        self.supervisor.set_busy(identity, busy, now)
+
+    def request_timed_out(self, identity: bytes, now: float, age: float) -> None:
+        self.supervisor.on_request_timeout(identity, now, age)
+
+    def service_fatal(self, service: str) -> bool:
+        return self.supervisor.service_fatal(service)
 
     # --- what the control commands read -------------------------------------------------
 
@@ -161,25 +180,35 @@ class Daemon:
         services = {}
         for name, workers in self.supervisor.snapshot(now).items():
             for worker, slot in zip(workers, self.supervisor.slots[name]):
-                seen = self.broker.last_seen(slot.worker.identity) if slot.worker else None
-                worker["last_seen"] = round(now - seen, 3) if seen is not None else None
+                link = self.broker.link(slot.worker.identity) if slot.worker else None
+                worker.update(_link_view(link, now))
             service = self.config.services[name]
             services[name] = {"workers": workers, "configured": service.workers,
-                              "min_ready": service.min_ready,
-                              "ready": sum(w["state"] in ("READY", "BUSY") for w in workers)}
+                              "min_ready": service.min_ready}
         for link in self.broker.external_workers():
-            name = link.service.decode(errors="replace")
-            entry = services.setdefault(name, {"workers": [], "configured": 0, "min_ready": 0,
-                                               "ready": 0})
+            name = link.route.name.decode(errors="replace")
+            entry = services.setdefault(name, {"workers": [], "configured": 0, "min_ready": 0})
             entry["workers"].append({
-                "slot": None, "state": "READY", "pid": None, "restarts": 0,
-                "uptime": round(now - link.registered, 3), "state_for": None,
-                "last_seen": round(now - link.last_seen, 3), "last_exit": None,
-                "backoff_remaining": None, "fatal_reason": None, "external": True,
-                "identity": link.identity.hex()})
+                "slot": None, "state": "BUSY" if link.current else "READY", "pid": None,
+                "restarts": 0, "uptime": round(now - link.registered, 3), "state_for": None,
+                "last_exit": None, "backoff_remaining": None, "fatal_reason": None,
+                "external": True, "identity": link.identity.hex(), **_link_view(link, now)})
+        for name, entry in services.items():
+            route = self.broker.routes.get(name.encode())
+            entry["ready"] = sum(w["state"] in ("READY", "BUSY") for w in entry["workers"])
+            entry["queue"] = len(route.queue) if route else 0
+            entry["requests"] = route.requests if route else 0
         return {"daemon": {"pid": self.pid, "version": __version__,
                            "config": str(self.config.path),
                            "uptime": round(now - self.started, 3),
-                           "started_at": self.started_wall, "stopping": self.stopping},
+                           "started_at": self.started_wall, "stopping": self.stopping,
+                           "frontend": list(self.config.broker.frontend)},
                 "services": services}
 
+
+def _link_view(link, now: float) -> dict:
+    """What the broker knows of a worker: heard from when, served how many, busy how long."""
+    if link is None:
+        return {"last_seen": None, "requests": 0, "request_age": None}
+    return {"last_seen": round(now - link.last_seen, 3), "requests": link.requests,
+            "request_age": round(now - link.current.arrived, 3) if link.current else None}

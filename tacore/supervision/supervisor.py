@@ -73,14 +73,17 @@ class Slot:
 class Supervisor:
     def __init__(self, config: Config, emit: Callable[[Event], None],
                  watch: Callable[[int, Callable[[float], None]], None], unwatch: Callable[[int], None],
-                 forget: Callable[[bytes], None]):
+                 forget: Callable[[bytes, float], None], retire: Callable[[bytes], None]):
         self.config, self.emit, self.watch, self.unwatch = config, emit, watch, unwatch
-        self.forget = forget  # tells the broker a worker identity is gone
+        self.forget = forget  # tells the broker a worker's process is gone
+        self.retire = retire  # tells the broker to give a worker no more requests
         self.slots = {name: [Slot(s, i) for i in range(s.workers)]
                       for name, s in config.services.items()}
         self.by_identity: dict[bytes, Slot] = {}
         self.generations = itertools.count(1)
         self.shutting_down = False
+        self._next_deadline: float | None = None
+        self._dirty = True  # deadlines may have moved; READY <-> BUSY never moves one
 
     def all_slots(self):
         for slots in self.slots.values():
@@ -94,6 +97,10 @@ class Supervisor:
 
     def tick(self, now: float) -> None:
         """Fire every deadline that has passed."""
+        deadline = self.next_deadline()
+        if deadline is None or now < deadline:
+            return
+        self._dirty = True
         for slot in self.all_slots():
             if slot.state is State.STARTING:
                 if now - slot.worker.started >= slot.service.start_timeout:
@@ -105,6 +112,11 @@ class Supervisor:
                 self._spawn(slot, now)
 
     def next_deadline(self) -> float | None:
+        if self._dirty:
+            self._next_deadline, self._dirty = self._compute_next_deadline(), False
+        return self._next_deadline
+
+    def _compute_next_deadline(self) -> float | None:
         deadlines = []
         for slot in self.all_slots():
             w = slot.worker
@@ -126,6 +138,7 @@ class Supervisor:
         slot = self.by_identity.get(identity)
         if slot is None:
             return None
+        self._dirty = True
         if service != slot.service.name.encode():
             return False
         if slot.state in SERVING:
@@ -144,9 +157,31 @@ class Supervisor:
             self._begin_stop(slot, now, "heartbeat_timeout", failure=True,
                              dump_event=ev.WORKER_UNRESPONSIVE, silent_for=round(silent_for, 3))
 
+    def on_request_timeout(self, identity: bytes, now: float, age: float) -> None:
+        """A request ran past request_timeout: show where the worker is, then replace it."""
+        slot = self.by_identity.get(identity)
+        if slot is not None and slot.state in SERVING:
+            self._begin_stop(slot, now, "request_timeout", failure=True,
+                             dump_event=ev.REQUEST_TIMEOUT, request_age=round(age, 3),
+                             request_timeout=slot.service.request_timeout)
+
+    def set_busy(self, identity: bytes, busy: bool, now: float) -> None:
+        """The broker gave a worker a request, or got its reply (the hot path: no event)."""
+        slot = self.by_identity.get(identity)
+        if slot is not None and slot.state in SERVING:
+            new = State.BUSY if busy else State.READY
+            if slot.state is not new:
+                self._change(slot, new, now, quiet=True)
+
+    def service_fatal(self, service: str) -> bool:
+        """True when every slot of the service is FATAL: nothing will serve it by itself."""
+        slots = self.slots.get(service)
+        return bool(slots) and all(slot.state is State.FATAL for slot in slots)
+
     def shutdown(self, now: float) -> None:
         """Stop every worker (SIGTERM, then SIGKILL after its stop_timeout); no restarts."""
         self.shutting_down = True
+        self._dirty = True
         for slot in self.all_slots():
             if slot.state in (State.STARTING, State.READY, State.BUSY):
                 self._begin_stop(slot, now, "shutdown", failure=False)
@@ -168,10 +203,15 @@ class Supervisor:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    def _change(self, slot: Slot, new: State, now: float, event: str | None = None, **context):
-        """The one place a slot changes state; every change emits exactly one event."""
+    def _change(self, slot: Slot, new: State, now: float, event: str | None = None,
+                quiet: bool = False, **context):
+        """The one place a slot changes state; every change but READY <-> BUSY (one per
+        request, counted rather than logged) emits exactly one event."""
         check_transition(slot.state, new)
         old, slot.state, slot.since = slot.state, new, now
+        if quiet:
+            return
+        self._dirty = True
         self.emit(Event(event or ev.WORKER_STATE,
                         slot.context(state=str(new), previous=str(old), **context)))
 
@@ -200,6 +240,7 @@ class Supervisor:
                      restarts=slot.spawns - 1, spawn_ms=round(w.spawn_seconds * 1000, 2))
 
     def _on_stack(self, w: spawner.WorkerProcess, now: float) -> None:
+        self._dirty = True  # the end of a dump is a deadline
         if not w.stack.read(now):
             self.unwatch(w.stack.fd)  # the worker closed its end: it is exiting
 
@@ -207,6 +248,7 @@ class Supervisor:
                     dump_event: str | None = None, **context) -> None:
         w = slot.worker
         w.stop_reason, w.stop_is_failure = reason, failure
+        self.retire(w.identity)
         frozen = _is_frozen(w.pid)
         if dump_event is None:
             self._change(slot, State.STOPPING, now, ev.WORKER_STOPPING, reason=reason)
@@ -260,6 +302,7 @@ class Supervisor:
 
     def _on_exit(self, slot: Slot, w: spawner.WorkerProcess, now: float) -> None:
         """The worker's sentinel fired: reap it, record why it ended, decide what comes next."""
+        self._dirty = True
         self.unwatch(w.sentinel)
         w.process.join()  # the sentinel closed, so this returns at once
         code = w.process.exitcode
@@ -268,7 +311,7 @@ class Supervisor:
         self.unwatch(w.stack.fd)
         w.stack.close()
         self.by_identity.pop(w.identity, None)
-        self.forget(w.identity)
+        self.forget(w.identity, now)
         slot.worker = None
         reason = w.stop_reason or (
             "start_failed" if slot.state is State.STARTING and code == EXIT_START_FAILED
