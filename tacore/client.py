@@ -8,7 +8,8 @@
     except CallError as e:
         print(e.status, e.error, e.message)
 
-A Client may be shared by threads: each thread gets its own socket. With ``retries > 0`` a
+A Client may be shared by threads: each thread gets its own socket, and ``close()`` (or leaving
+a ``with Client(...)`` block) closes them all once the threads are done. With ``retries > 0`` a
 call that gets no reply within ``timeout`` is sent again on a fresh socket ("Lazy Pirate"), so
 use retries only for idempotent methods.
 """
@@ -42,6 +43,8 @@ class Client:
         self.endpoint, self.retries = endpoint, retries
         self.ctx = context or zmq.Context.instance()
         self._local = threading.local()
+        self._sockets: set[zmq.Socket] = set()
+        self._lock = threading.Lock()
 
     def call(self, service: str, method: str, params=None, timeout: float = 10.0):
         """Return the result, or raise CallError (CallTimeout if nothing came back)."""
@@ -57,19 +60,33 @@ class Client:
                           f"within {timeout:g}s after {self.retries + 1} attempt(s)")
 
     def close(self) -> None:
-        self._discard()
+        """Close every thread's socket; call it when no thread uses the client any more."""
+        with self._lock:
+            sockets, self._sockets = self._sockets, set()
+        for sock in sockets:
+            sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def _socket(self) -> zmq.Socket:
         sock = getattr(self._local, "sock", None)
-        if sock is None:
+        if sock is None or sock.closed:
             sock = self._local.sock = self.ctx.socket(zmq.REQ)
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(self.endpoint)
+            with self._lock:
+                self._sockets.add(sock)
         return sock
 
     def _discard(self) -> None:
         sock = getattr(self._local, "sock", None)
         if sock is not None:
+            with self._lock:
+                self._sockets.discard(sock)
             sock.close()
             self._local.sock = None
 

@@ -129,3 +129,30 @@ def test_runtime_dir_writable_by_others_exits_78(workdir):
     config = write_config(workdir / "t.toml", ECHO)
     result = run_tacored("--config", str(config))
     assert result.returncode == 78 and "writable by others" in result.stderr
+
+
+def test_call_prints_the_result_or_the_error(start_daemon):
+    """tacorectl call: JSON result and exit 0; the error and exit 1; exit 2 for bad JSON."""
+    d = start_daemon({"ta": {"handler": "tacore.services.ta:TA"}})
+    ok = ctl("--config", str(d.config), "call", "ta", "sma",
+             '{"prices": [1, 2, 3, 4, 5, 6], "window": 3}')
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout) == [None, None, 2.0, 3.0, 4.0, 5.0]
+    bad = ctl("--config", str(d.config), "call", "ta", "sma", '{"prices": [1], "window": 3}')
+    assert bad.returncode == 1 and "400 bad_request: sma: needs at least 3 prices" in bad.stderr
+    missing = ctl("--config", str(d.config), "call", "nope", "x")
+    assert missing.returncode == 1 and "404 no_such_service" in missing.stderr
+    garbage = ctl("--config", str(d.config), "call", "ta", "sma", "{not json")
+    assert garbage.returncode == 2 and "not JSON" in garbage.stderr
+
+
+def test_status_shows_requests_and_queue(start_daemon):
+    """status --json counts requests per worker and shows each service's queue."""
+    d = start_daemon({"ta": {"handler": "tacore.services.ta:TA"}})
+    for _ in range(3):
+        assert ctl("--control", d.control, "call", "ta", "returns",
+                   '{"prices": [1, 2, 4]}').returncode == 0
+    data = json.loads(ctl("--control", d.control, "status", "--json").stdout)
+    service = data["services"]["ta"]
+    assert service["queue"] == 0 and service["requests"] == 3
+    assert service["workers"][0]["requests"] == 3 and service["workers"][0]["request_age"] is None

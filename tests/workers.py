@@ -5,6 +5,8 @@ import signal
 import threading
 import time
 
+from tacore import BadRequest
+
 
 class Echo:
     def handle(self, method, params):
@@ -58,3 +60,23 @@ class SlowStart:
 
     def handle(self, method, params):
         return params
+
+
+class Tool:
+    """A service whose methods misbehave on demand: echo, pid, sleep, raise, bad."""
+
+    def handle(self, method, params):
+        if method == "echo":
+            return params
+        if method == "pid":
+            return os.getpid()
+        if method == "sleep":
+            time.sleep(params)  # SLEEPS-HERE
+            return params
+        if method == "raise":
+            raise ValueError(f"asked to fail: {params}")
+        if method == "bad":
+            raise BadRequest(f"params {params!r} are wrong")
+        if method == "unserialisable":
+            return object()
+        raise BadRequest(f"unknown method {method!r}")

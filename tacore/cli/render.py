@@ -8,7 +8,8 @@ import click
 
 STATE_COLOURS = {"READY": "green", "BUSY": "cyan", "STARTING": "yellow", "STOPPING": "yellow",
                  "BACKOFF": "yellow", "FATAL": "red", "STOPPED": None}
-COLUMNS = ("SERVICE", "SLOT", "STATE", "PID", "UPTIME", "LAST SEEN", "RESTARTS", "LAST EXIT")
+COLUMNS = ("SERVICE", "SLOT", "STATE", "PID", "UPTIME", "LAST SEEN", "REQUESTS", "RESTARTS",
+           "LAST EXIT")
 
 
 def duration(seconds) -> str:
@@ -40,7 +41,7 @@ def status_table(status: dict) -> str:
             state = w["state"] + (" (external)" if w["external"] else "")
             rows.append((name, "-" if w["slot"] is None else str(w["slot"]), state,
                          str(w["pid"] or "-"), duration(w["uptime"]), duration(w["last_seen"]),
-                         str(w["restarts"]), _exit_or_reason(w)))
+                         _requests(w), str(w["restarts"]), _exit_or_reason(w)))
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c)
               for i, c in enumerate(COLUMNS)]
     lines.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(COLUMNS)).rstrip())
@@ -49,7 +50,15 @@ def status_table(status: dict) -> str:
         cells[2] = click.style(cells[2], fg=STATE_COLOURS.get(row[2].split()[0]),
                                bold=row[2] == "FATAL")
         lines.append("  ".join(cells).rstrip())
+    queued = [f"{name} {s['queue']}" for name, s in status["services"].items() if s["queue"]]
+    if queued:
+        lines.append("waiting requests: " + ", ".join(queued))
     return "\n".join(lines)
+
+
+def _requests(worker: dict) -> str:
+    busy = worker["request_age"]
+    return str(worker["requests"]) + (f" (busy {duration(busy)})" if busy is not None else "")
 
 
 def _exit_or_reason(worker: dict) -> str:

@@ -128,7 +128,8 @@ def call(obj: Context, service, method, params, frontend, call_timeout):
         raise click.BadParameter(f"not JSON: {e}", param_hint="PARAMS") from None
     endpoint = frontend or obj.call("ping")["frontend"][0]
     try:
-        result = Client(endpoint).call(service, method, params, timeout=call_timeout)
+        with Client(endpoint) as client:
+            result = client.call(service, method, params, timeout=call_timeout)
     except CallTimeout as e:
         click.echo(f"tacorectl: {e.message}", err=True)
         sys.exit(EXIT_NOT_RUNNING)

@@ -164,7 +164,7 @@ class Worker:
             self.log.warning("worker.protocol_error", frames=len(frames))
             return
         command = frames[2]
-        if command == mdp.W_REQUEST and len(frames) >= 6 and frames[4] == b"":
+        if command == mdp.W_REQUEST and len(frames) >= 5 and frames[4] == b"":
             self._handle(frames[3], frames[5:])
         elif command == mdp.W_DISCONNECT:
             self._connect()
