@@ -57,6 +57,7 @@ class ExternalWorker(threading.Thread):
         self.endpoint, self.service, self.version, self.interval = endpoint, service, version, interval
         self.handler = handler or (lambda frames: [[b"200", *frames]])  # echo
         self.stopped = threading.Event()
+        self.mute = threading.Event()  # set: hear and say nothing more, as a hung worker would
         self.disconnects = 0
         self.served = 0
         self.ctx = zmq.Context()
@@ -73,6 +74,9 @@ class ExternalWorker(threading.Thread):
         sock = self._connect()
         beat = time.monotonic() + self.interval
         while not self.stopped.is_set():
+            if self.mute.is_set():
+                self.stopped.wait(0.02)  # hung: hears and says nothing until stopped
+                continue
             if sock.poll(20):
                 frames = sock.recv_multipart()[len(self.header()):]
                 command = frames[0]

@@ -228,3 +228,33 @@ def test_client_library_errors_and_timeouts(start_daemon, workdir):
     with pytest.raises(CallTimeout) as info:
         Client(f"ipc://{workdir}/nobody.sock", retries=2).call("tool", "echo", timeout=0.2)
     assert info.value.status is None and "3 attempt(s)" in info.value.message
+
+
+def test_silent_external_worker_expires(start_daemon):
+    """An external worker that stops heartbeating is dropped after interval x liveness."""
+    d = start_daemon(TOOL, broker={"heartbeat_interval": 0.1, "heartbeat_liveness": 3})
+    worker = ExternalWorker(f"ipc://{d.runtime}/backend.sock", b"outside", interval=0.1)
+    worker.start()
+    try:
+        wait_until(lambda: "outside" in d.status()["services"], 5, "the external worker")
+        worker.mute.set()
+        wait_until(lambda: "outside" not in d.status()["services"], 5, "the worker to expire")
+        assert call(frontend(d), "outside", "x")[0] == "404"
+    finally:
+        worker.stop()
+
+
+def test_reply_to_a_vanished_client_leaves_nothing_behind(start_daemon):
+    """A client that gives up before its reply: the reply is dropped, the worker is free."""
+    d = start_daemon({"tool": {**TOOL["tool"], "workers": 1}})
+    import zmq
+    with zmq.Context.instance().socket(zmq.REQ) as sock:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(frontend(d))
+        sock.send_multipart([b"MDPC01", b"tool", body("sleep", 0.3)])
+        wait_until(lambda: d.workers("tool")[0]["state"] == "BUSY", 5, "the worker to be busy")
+    wait_until(lambda: d.workers("tool")[0]["state"] == "READY", 5, "the worker to be free")
+    worker = d.workers("tool")[0]
+    assert worker["requests"] == 1 and worker["request_age"] is None
+    assert d.status()["services"]["tool"]["queue"] == 0
+    assert call(frontend(d), "tool", "echo", 2) == ("200", 2)
