@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import ipaddress
 import math
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tacore.errors import ConfigError
+from tacore.runtime.loader import load_handler
 
 # The longest path a Unix socket address can hold on Linux (sun_path is 108 bytes with its NUL).
 MAX_IPC_PATH = 107
@@ -47,6 +47,9 @@ class ServiceConfig:
     queue_limit: int = 100
     queue_timeout: float = 10.0
     retry_on_failure: bool = False
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+    max_memory_mb: int = 0
     config: dict = field(default_factory=dict)
 
 
@@ -57,6 +60,7 @@ class DaemonConfig:
     log_level: str = "info"
     log_format: str = "auto"
     python_path: tuple[str, ...] = ()
+    stop_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -74,11 +78,17 @@ class ControlConfig:
 
 
 @dataclass(frozen=True)
+class StateConfig:
+    sample_interval: float = 5.0
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     daemon: DaemonConfig
     broker: BrokerConfig
     control: ControlConfig
+    state: StateConfig
     services: dict[str, ServiceConfig]
 
     def as_dict(self) -> dict:
@@ -88,6 +98,7 @@ class Config:
             "daemon": _plain(self.daemon),
             "broker": _plain(self.broker),
             "control": _plain(self.control),
+            "state": _plain(self.state),
             "services": {name: _plain(s) for name, s in self.services.items()},
         }
 
@@ -212,17 +223,23 @@ def table(value):
 # --- the schema: section -> key -> checker; defaults come from the dataclasses ---------------
 
 DAEMON_KEYS = {"runtime_dir": string, "state_dir": string, "log_level": _choice(LOG_LEVELS),
-               "log_format": _choice(LOG_FORMATS), "python_path": string_list}
+               "log_format": _choice(LOG_FORMATS), "python_path": string_list,
+               "stop_timeout": duration}
 BROKER_KEYS = {"frontend": endpoint_list, "backend": endpoint, "heartbeat_interval": duration,
                "heartbeat_liveness": _integer(1), "max_message_size": _integer(1024)}
 CONTROL_KEYS = {"endpoint": endpoint}
+STATE_KEYS = {"sample_interval": duration}
 SERVICE_KEYS = {"handler": handler, "workers": _integer(0), "start_timeout": duration,
                 "request_timeout": duration, "stop_timeout": duration,
                 "max_restarts": _integer(0), "restart_window": duration,
                 "min_ready": _integer(0), "backoff_initial": duration,
                 "backoff_max": duration, "queue_limit": _integer(0), "queue_timeout": duration,
-                "retry_on_failure": boolean, "config": table}
-SECTIONS = ("daemon", "broker", "control", "services")
+                "retry_on_failure": boolean, "max_requests": _integer(0),
+                "max_requests_jitter": _integer(0), "max_memory_mb": _integer(0),
+                "config": table}
+SECTIONS = ("daemon", "broker", "control", "state", "services")
+TABLES = {"daemon": DAEMON_KEYS, "broker": BROKER_KEYS, "control": CONTROL_KEYS,
+          "state": STATE_KEYS}
 
 
 def _suggest(word: str, choices) -> str:
@@ -297,12 +314,11 @@ def load(path, env=os.environ, import_handlers: bool = True) -> Config:
             report.add(section, None, "unknown section",
                        _suggest(section, SECTIONS) or f"known sections: {', '.join(SECTIONS)}")
     tables = {}
-    for section in ("daemon", "broker", "control"):
+    for section, keys in TABLES.items():
         raw = data.get(section, {})
         if not isinstance(raw, dict):
             report.add(section, None, "must be a table", f"write [{section}]")
             raw = {}
-        keys = {"daemon": DAEMON_KEYS, "broker": BROKER_KEYS, "control": CONTROL_KEYS}[section]
         tables[section] = report.check_table(section, raw, keys)
 
     daemon = _daemon(path, tables["daemon"], env)
@@ -312,14 +328,15 @@ def load(path, env=os.environ, import_handlers: bool = True) -> Config:
     control = ControlConfig(**{"endpoint": default_control_endpoint(runtime), **tables["control"]})
     _check_default_endpoints(report, tables, broker, control)
     _check_duplicates(report, broker, control)
+    daemon_ok = not any(line.startswith(f"{path}: [daemon] python_path") for line in report.lines)
     services = _services(report, data.get("services", {}))
-    if import_handlers and not report.lines:
+    if import_handlers and daemon_ok:  # every handler is tried, so one pass finds every problem
         _extend_sys_path(daemon.python_path)
         for service in services.values():
             _check_import(report, service)
     if report.lines:
         raise ConfigError(report.lines)
-    return Config(path, daemon, broker, control, services)
+    return Config(path, daemon, broker, control, StateConfig(**tables["state"]), services)
 
 
 def _daemon(path: Path, values: dict, env) -> DaemonConfig:
@@ -407,17 +424,6 @@ def _check_import(report: _Report, service: ServiceConfig):
                    "or PYTHONPATH, and the module's own imports")
 
 
-def load_handler(path: str) -> Callable[[], Any]:
-    """Import "module:callable" and return the callable; raise if it is missing or not callable."""
-    module_name, _, attr = path.partition(":")
-    obj = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise TypeError(f"{path} is not callable")
-    return obj
-
-
 def read_control_endpoint(path, env=os.environ) -> str:
     """The control endpoint named by a configuration file, read leniently.
 
@@ -463,3 +469,24 @@ def _read_sections(path: Path, wanted, error: ConfigError) -> dict:
         except tomllib.TOMLDecodeError as e:
             raise ConfigError([f"{path}: [{name}]: TOML syntax error: {e}"]) from None
     return data
+
+
+# Settings a running daemon cannot change: its sockets and directories are bound and made.
+NEEDS_RESTART = {"daemon": ("runtime_dir", "state_dir", "log_format"),
+                 "broker": ("frontend", "backend", "max_message_size"),
+                 "control": ("endpoint",)}
+
+
+def restart_needed(running: Config, new: Config) -> list[str]:
+    """What a reload cannot apply, one line each, e.g. "[broker] frontend: restart tacored"."""
+    return [f"[{section}] {key} changed: restart tacored to apply it"
+            for section, keys in NEEDS_RESTART.items() for key in keys
+            if getattr(getattr(running, section), key) != getattr(getattr(new, section), key)]
+
+
+def kept_as_running(running: Config, new: Config) -> Config:
+    """The new configuration, with the settings that need a restart kept as they run now."""
+    changes = {section: dataclasses.replace(
+        getattr(new, section), **{key: getattr(getattr(running, section), key) for key in keys})
+        for section, keys in NEEDS_RESTART.items()}
+    return dataclasses.replace(new, **changes)

@@ -25,6 +25,12 @@ WORKER_EXITED = "worker.exited"
 WORKER_BACKOFF = "worker.backoff"
 WORKER_FATAL = "worker.fatal"
 WORKER_STATE = "worker.state"
+WORKER_RECYCLE = "worker.recycle"
+WORKER_RESTARTING = "worker.restarting"
+WORKER_REMOVED = "worker.removed"
+WORKER_REPLACE_FAILED = "worker.replace_failed"
+DAEMON_RELOAD = "daemon.reload"
+DAEMON_RELOAD_FAILED = "daemon.reload_failed"
 PROTOCOL_ERROR = "protocol.error"
 REQUEST_TIMEOUT = "request.timeout"
 CONTROL_ERROR = "control.error"
@@ -32,7 +38,7 @@ CONTROL_ERROR = "control.error"
 # Events an operator must see even at log_level = "warning".
 WARNING = frozenset({WORKER_START_TIMEOUT, WORKER_UNRESPONSIVE, REQUEST_TIMEOUT, WORKER_KILLED, WORKER_BACKOFF,
                      PROTOCOL_ERROR, CONTROL_ERROR})
-ERROR = frozenset({WORKER_FATAL})
+ERROR = frozenset({WORKER_FATAL, WORKER_REPLACE_FAILED, DAEMON_RELOAD_FAILED})
 DEBUG = frozenset({WORKER_STATE})
 
 

@@ -35,12 +35,13 @@ def toml_value(value) -> str:
         f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
 
 
-def write_config(path: Path, services: dict, daemon=None, broker=None, control=None) -> Path:
+def write_config(path: Path, services: dict, daemon=None, broker=None, control=None,
+                 state=None) -> Path:
     """Write a config with fast test timings; ``services`` maps name -> keys."""
     sections = {"daemon": {"runtime_dir": str(path.parent / "run"), "log_format": "json",
                            "python_path": [str(ROOT)], **(daemon or {})},
                 "broker": {"heartbeat_interval": 0.2, **(broker or {})},
-                "control": control or {}}
+                "control": control or {}, "state": state or {}}
     lines = []
     for name, keys in sections.items():
         lines.append(f"[{name}]")

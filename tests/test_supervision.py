@@ -159,6 +159,7 @@ def test_sigterm_stops_everything_and_exits_zero(start_daemon):
     wait_until(lambda: len(d.children()) == 3, 10, "three workers")
     d.wait_event("worker.ready", count=2)
     pids = [c.pid for c in d.children()]
+    wait_until(lambda: any(ignores_sigterm(p) for p in pids), 10, "the deaf worker's start()")
     d.proc.send_signal(signal.SIGTERM)
     assert d.proc.wait(timeout=10) == 0
     assert not any(pid_alive(p) for p in pids)
@@ -171,12 +172,19 @@ def test_second_sigint_kills_at_once(start_daemon):
     """An impatient second Ctrl-C does not wait for stop_timeout."""
     d = start_daemon({"deaf": {"handler": "tests.workers:IgnoresTerm", "start_timeout": 30,
                                "stop_timeout": 30}}, wait_ready=False)
-    wait_until(lambda: d.children(), 10, "the worker")
-    d.wait_event("worker.spawned")
+    wait_until(lambda: d.children() and ignores_sigterm(d.children()[0].pid), 10,
+               "the worker to ignore SIGTERM")
     d.proc.send_signal(signal.SIGINT)
     d.wait_event("daemon.stopping")
     d.proc.send_signal(signal.SIGINT)
     assert d.proc.wait(timeout=5) == 0
+
+
+def ignores_sigterm(pid: int) -> bool:
+    """The process has SIGTERM set to SIG_IGN (from /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))
+    return bool(mask & (1 << (signal.SIGTERM - 1)))
 
 
 def _links(pid: int, skip_stdio: bool = False) -> set[str]:

@@ -80,3 +80,25 @@ class Tool:
         if method == "unserialisable":
             return object()
         raise BadRequest(f"unknown method {method!r}")
+
+
+class FailsWhileFileExists:
+    """start() raises while the file config["path"] exists."""
+
+    def start(self, config):
+        if os.path.exists(config["path"]):
+            raise RuntimeError(f"{config['path']} exists")
+
+    def handle(self, method, params):
+        return params
+
+
+class Hog:
+    """grow(mb): keeps that many more megabytes alive."""
+
+    def __init__(self):
+        self.kept = []
+
+    def handle(self, method, params):
+        self.kept.append(bytearray(params * 2**20))
+        return len(self.kept)

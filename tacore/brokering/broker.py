@@ -237,7 +237,8 @@ class Broker:
     def _release(self, link: WorkerLink, now: float) -> None:
         """The worker is free: the next queued request, or the idle deque (LRU at the front)."""
         route = link.route
-        if link.retiring:
+        if link.retiring:  # being stopped: it takes nothing new, and the daemon must know
+            self.hooks.worker_busy(link.identity, False, now)
             return
         if route.queue:
             self._dispatch(link, route.queue.popleft(), now)
@@ -318,6 +319,29 @@ class Broker:
 
     def start(self, now: float) -> None:
         self.next_heartbeat = now + self.interval
+
+    def configure(self, heartbeat_interval: float, liveness: int, services: dict,
+                  now: float) -> None:
+        """A reloaded configuration: new heartbeat pace, new, changed and removed services."""
+        self.interval, self.expiry = heartbeat_interval, heartbeat_interval * liveness
+        self.next_heartbeat = min(self.next_heartbeat, now + self.interval)
+        for name, s in services.items():
+            settings = (s.queue_limit, s.queue_timeout, s.request_timeout, s.retry_on_failure)
+            route = self.routes.get(name.encode())
+            if route is None:
+                self.routes[name.encode()] = Route(name.encode(), True, *settings)
+            else:
+                route.configured = True
+                (route.queue_limit, route.queue_timeout, route.request_timeout,
+                 route.retry_on_failure) = settings
+        for route in [r for r in self.routes.values()
+                      if r.configured and r.name.decode() not in services]:
+            route.configured = False
+            while route.queue:
+                self._error(route.queue.popleft(), b"503", "service_removed",
+                            f"service {route.name.decode()!r} was removed from the configuration")
+            if route.workers == 0:
+                del self.routes[route.name]
 
     def forget(self, identity: bytes, now: float) -> None:
         """This worker's process is gone."""

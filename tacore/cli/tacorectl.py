@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import click
 
@@ -138,6 +139,155 @@ def call(obj: Context, service, method, params, frontend, call_timeout):
                    err=True)
         sys.exit(1)
     click.echo(json.dumps(result))
+
+
+
+def _show(result, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(result, indent=2) if as_json else text)
+
+
+@main.command()
+@click.argument("target", metavar="SERVICE[/SLOT]")
+@click.option("--wait", is_flag=True, help="Block until every replaced worker is READY.")
+@click.option("--wait-timeout", default=300.0, show_default=True, type=float,
+              help="Seconds --wait may take; then exit 1.")
+@json_option
+@click.pass_obj
+def restart(obj: Context, target, wait, wait_timeout, as_json):
+    """Rolling restart: each worker is replaced once its successor is READY.
+
+    A service with N >= 2 workers never has fewer than N-1 ready, and no running request is
+    lost. Stopped and FATAL slots are simply started.
+
+    \b
+    Examples:
+      tacorectl restart ta          # every worker of ta, one at a time
+      tacorectl restart ta/1 --wait # slot 1, and wait for its replacement
+    """
+    result = obj.call("restart", target=target)
+    if wait:
+        _wait_rolled(obj, target.partition("/")[0], wait_timeout)
+    _show(result, as_json, f"restarting {result['service']}: rolling slots "
+          f"{result['rolling'] or '-'}, started slots {result['started'] or '-'}"
+          + (" — done" if wait else ""))
+
+
+def _wait_rolled(obj: Context, service: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        entry = obj.call("status")["services"].get(service)
+        if entry is None:
+            break
+        if any(w["state"] == "FATAL" for w in entry["workers"]):
+            click.echo(f"tacorectl: restart of {service} failed: a worker is FATAL "
+                       "(tacorectl status)", err=True)
+            sys.exit(1)
+        if entry["rolling"] == 0 and all(w["state"] in ("READY", "BUSY") and not w["draining"]
+                                         for w in entry["workers"]):
+            return
+        time.sleep(0.05)  # the daemon's state is polled: nothing to be notified of
+    click.echo(f"tacorectl: restart of {service} not done within {timeout:g}s", err=True)
+    sys.exit(1)
+
+
+@main.command()
+@click.argument("target", metavar="SERVICE[/SLOT]")
+@json_option
+@click.pass_obj
+def stop(obj: Context, target, as_json):
+    """Stop workers (each finishes its current request first); they stay stopped.
+
+    \b
+    Example:
+      tacorectl stop ta/0
+    """
+    result = obj.call("stop", target=target)
+    _show(result, as_json, f"stopping {result['service']} slots {result['stopped'] or '-'}")
+
+
+@main.command()
+@click.argument("target", metavar="SERVICE[/SLOT]")
+@json_option
+@click.pass_obj
+def start(obj: Context, target, as_json):
+    """Start stopped workers; also clears FATAL (past failures are forgotten).
+
+    \b
+    Example:
+      tacorectl start ta      # after fixing what made it FATAL
+    """
+    result = obj.call("start", target=target)
+    _show(result, as_json, f"starting {result['service']} slots {result['started'] or '-'}")
+
+
+@main.command()
+@click.argument("service")
+@click.argument("workers", type=click.IntRange(min=0))
+@json_option
+@click.pass_obj
+def scale(obj: Context, service, workers, as_json):
+    """Run WORKERS workers for SERVICE: add some, or drain and retire the highest slots.
+
+    The new count holds until the service's configuration changes or the daemon restarts.
+
+    \b
+    Example:
+      tacorectl scale ta 4
+    """
+    result = obj.call("scale", service=service, workers=workers)
+    _show(result, as_json, f"{service}: {workers} workers (added {result['added'] or '-'}, "
+          f"retiring {result['retired'] or '-'})")
+
+
+@main.command()
+@json_option
+@click.pass_obj
+def reload(obj: Context, as_json):
+    """Re-read the configuration file and apply only what changed (also: SIGHUP).
+
+    An invalid file changes nothing: every error is printed and the exit code is 1. New
+    services start, removed ones drain and stop, changed ones are rolled, the rest is left
+    alone.
+    """
+    result = obj.call("reload")
+    if not result["ok"]:
+        if as_json:
+            click.echo(json.dumps(result, indent=2))
+        click.echo("tacorectl: the configuration is invalid; tacored keeps running on the "
+                   "previous one:", err=True)
+        for line in result["errors"]:
+            click.echo(f"  {line}", err=True)
+        sys.exit(1)
+    text = "\n".join(f"{what}: {', '.join(result[what]) or '-'}"
+                     for what in ("added", "removed", "changed", "unchanged"))
+    text += "".join(f"\nnot applied: {line}" for line in result["not_applied"])
+    _show(result, as_json, text)
+
+
+@main.command()
+@click.argument("target", metavar="SERVICE/SLOT")
+@json_option
+@click.pass_obj
+def dump(obj: Context, target, as_json):
+    """Print the live Python stack of every thread of one worker, without stopping it.
+
+    \b
+    Example:
+      tacorectl dump ta/0
+    """
+    result = obj.call("dump", target=target)
+    _show(result, as_json, f"{result['service']}/{result['slot']} pid {result['pid']}"
+          + (f", at {result['blocked_at']}" if result["blocked_at"] else "")
+          + f"\n{result['stack']}")
+
+
+@main.command()
+@json_option
+@click.pass_obj
+def shutdown(obj: Context, as_json):
+    """Stop the daemon gracefully: refuse new requests, drain, stop the workers, exit."""
+    result = obj.call("shutdown")
+    _show(result, as_json, "tacored is stopping")
 
 
 if __name__ == "__main__":

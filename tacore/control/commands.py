@@ -1,14 +1,34 @@
 """Control commands: one small function each, in an explicit table.
 
-A command takes the daemon and its arguments and returns plain data. Commands that change
-things record intent for the loop to carry out (none yet).
+A command takes the daemon and its arguments and returns plain data, or a ``Later`` that the
+loop resolves (a stack dump takes a few milliseconds to arrive). Mutating commands record
+intent; the loop carries it out. Read-only commands: status, health, ping, dump. Mutating:
+restart, stop, start, scale, reload, shutdown.
 """
 
 from __future__ import annotations
 
+import time
+
 from tacore import __version__
 
 SERVING = ("READY", "BUSY")
+READ_ONLY = frozenset({"status", "health", "ping", "dump"})
+
+
+class CommandError(Exception):
+    """The command cannot be done as asked (unknown service, bad argument): told, not logged."""
+
+
+class Later:
+    """An answer the loop gives later; the server binds where it goes."""
+
+    def __init__(self):
+        self.deliver = None
+
+    def resolve(self, result) -> None:
+        if self.deliver is not None:
+            self.deliver(result)
 
 
 def status(daemon, args: dict) -> dict:
@@ -24,7 +44,68 @@ def ping(daemon, args: dict) -> dict:
             "frontend": list(daemon.config.broker.frontend)}
 
 
-COMMANDS = {"status": status, "health": health, "ping": ping}
+def restart(daemon, args: dict) -> dict:
+    service, slot = _target(args)
+    return _on_slots(daemon.supervisor.restart, service, slot)
+
+
+def stop(daemon, args: dict) -> dict:
+    service, slot = _target(args)
+    return _on_slots(daemon.supervisor.stop, service, slot)
+
+
+def start(daemon, args: dict) -> dict:
+    service, slot = _target(args)
+    return _on_slots(daemon.supervisor.start_slots, service, slot)
+
+
+def scale(daemon, args: dict) -> dict:
+    service, workers = args.get("service"), args.get("workers")
+    if not isinstance(service, str) or isinstance(workers, bool) or not isinstance(workers, int) \
+            or workers < 0:
+        raise CommandError("scale takes a service name and a number of workers >= 0")
+    return _on_slots(daemon.supervisor.scale, service, workers)
+
+
+def reload(daemon, args: dict) -> dict:
+    return daemon.reload()
+
+
+def dump(daemon, args: dict) -> Later:
+    service, slot = _target(args)
+    if slot is None:
+        raise CommandError("dump takes SERVICE/SLOT")
+    later = Later()
+    _on_slots(daemon.supervisor.dump, service, slot, reply=later.resolve)
+    return later
+
+
+def shutdown(daemon, args: dict) -> dict:
+    daemon.shutdown(time.monotonic(), "tacorectl shutdown")
+    return {"stopping": True}
+
+
+COMMANDS = {"status": status, "health": health, "ping": ping, "restart": restart, "stop": stop,
+            "start": start, "scale": scale, "reload": reload, "dump": dump,
+            "shutdown": shutdown}
+
+
+def _target(args: dict) -> tuple[str, int | None]:
+    """"SERVICE" or "SERVICE/SLOT"."""
+    target = args.get("target")
+    if not isinstance(target, str) or not target:
+        raise CommandError("name a SERVICE or SERVICE/SLOT")
+    service, _, slot = target.partition("/")
+    if slot and not slot.isdigit():
+        raise CommandError(f"slot must be a number, got {slot!r}")
+    return service, int(slot) if slot else None
+
+
+def _on_slots(operation, service, arg, **kw):
+    try:
+        return operation(service, arg, time.monotonic(), **kw)
+    except KeyError as e:
+        raise CommandError(e.args[0]) from None
 
 
 def assess_health(status: dict) -> dict:
@@ -38,7 +119,7 @@ def assess_health(status: dict) -> dict:
         problems.append("daemon: shutting down")
     for name, service in status["services"].items():
         own = [w for w in service["workers"] if not w["external"]]
-        if not own:
+        if not own or service["removing"]:
             continue
         ready = sum(w["state"] in SERVING for w in own)
         if ready >= service["min_ready"]:

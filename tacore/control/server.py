@@ -9,7 +9,7 @@ import zmq
 
 from tacore import events as ev
 from tacore.control import protocol
-from tacore.control.commands import COMMANDS
+from tacore.control.commands import COMMANDS, CommandError, Later
 from tacore.events import Event
 
 
@@ -27,22 +27,33 @@ class ControlServer:
                 self.emit(Event(ev.CONTROL_ERROR, {"error": f"malformed envelope of "
                                                    f"{len(frames)} frames, dropped"}))
                 continue
-            self._reply(frames[0], self._answer(frames[2]))
+            self._answer(frames[0], frames[2])
 
-    def _answer(self, payload: bytes) -> bytes:
+    def _answer(self, identity: bytes, payload: bytes) -> None:
         try:
             command, args = protocol.decode_request(payload)
         except protocol.BadEnvelope as e:
-            return protocol.error(str(e))
+            self._reply(identity, protocol.error(str(e)))
+            return
         handler = COMMANDS.get(command)
         if handler is None:
-            return protocol.error(f"unknown command {command!r}; known: {', '.join(COMMANDS)}")
+            self._reply(identity, protocol.error(
+                f"unknown command {command!r}; known: {', '.join(COMMANDS)}"))
+            return
         try:
-            return protocol.ok(handler(self.daemon, args))
+            result = handler(self.daemon, args)
+        except CommandError as e:
+            self._reply(identity, protocol.error(str(e)))
+            return
         except Exception as e:  # a bug in one command must not take the daemon down
             self.emit(Event(ev.CONTROL_ERROR, {"command": command, "error": repr(e),
                                                "exception": traceback.format_exc()}))
-            return protocol.error(f"{command} failed inside the daemon: {e!r}")
+            self._reply(identity, protocol.error(f"{command} failed inside the daemon: {e!r}"))
+            return
+        if isinstance(result, Later):
+            result.deliver = lambda value: self._reply(identity, protocol.ok(value))
+        else:
+            self._reply(identity, protocol.ok(result))
 
     def _reply(self, identity: bytes, payload: bytes) -> None:
         try:

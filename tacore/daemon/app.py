@@ -17,12 +17,14 @@ import zmq
 from tacore import __version__
 from tacore import events as ev
 from tacore.brokering.broker import Broker
-from tacore.config import Config
+from tacore import config as configuration
+from tacore.config import Config, kept_as_running, restart_needed
 from tacore.control.server import ControlServer
 from tacore.daemon import sockets
 from tacore.daemon.signals import SignalPipe
 from tacore.events import Event
-from tacore.observability.logging import log_event
+from tacore.errors import ConfigError
+from tacore.observability.logging import configure_logging, log_event
 from tacore.supervision.supervisor import Supervisor
 
 # The loop wakes at least this often even with nothing due, as a guard against a lost deadline.
@@ -41,6 +43,7 @@ class Daemon:
         self.ctx = zmq.Context()
         self.lock = None
         self.bound: list[str] = []
+        self.next_sample = 0.0
 
     # --- the whole life -----------------------------------------------------------------
 
@@ -110,8 +113,8 @@ class Daemon:
 
     def _wait_and_dispatch(self) -> None:
         now = time.monotonic()
-        deadlines = [d for d in (self.supervisor.next_deadline(), self.broker.next_deadline())
-                     if d is not None]
+        deadlines = [d for d in (self.supervisor.next_deadline(), self.broker.next_deadline(),
+                                 self.next_sample) if d is not None]
         timeout = min([MAX_POLL] + [max(0.0, d - now) for d in deadlines])
         polled_at = self.registrations
         for source, _ in self.poller.poll(timeout * 1000):
@@ -124,6 +127,9 @@ class Daemon:
     def _fire_deadlines(self, now: float) -> None:
         self.broker.tick(now)
         self.supervisor.tick(now)
+        if now >= self.next_sample:
+            self.supervisor.sample(now)
+            self.next_sample = now + self.config.state.sample_interval
 
     def _watch(self, source, handler) -> None:
         self.registrations += 1
@@ -142,17 +148,44 @@ class Daemon:
     def _on_signal(self, now: float) -> None:
         for sig in self.signals.drain():
             if sig == signal.SIGHUP:
-                self.emit(Event(ev.DAEMON_SIGNAL, {"signal": sig.name,
-                                                   "action": "ignored: reload is not supported yet"},
-                                severity="warning"))
+                self.reload()
             elif self.stopping:
                 self.emit(Event(ev.DAEMON_STOPPING, {"signal": sig.name, "action": "kill all"}))
                 self.supervisor.kill_all()
             else:
-                self.stopping = True
-                self.emit(Event(ev.DAEMON_STOPPING, {"signal": sig.name}))
-                self.broker.stop_accepting(now)
-                self.supervisor.shutdown(now)
+                self.shutdown(now, sig.name)
+
+    def shutdown(self, now: float, why: str) -> None:
+        """Refuse new requests ("503"), let running ones finish, then stop every worker."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self.emit(Event(ev.DAEMON_STOPPING, {"signal": why,
+                                             "drain_timeout": self.config.daemon.stop_timeout}))
+        self.broker.stop_accepting(now)
+        self.supervisor.shutdown(now)
+
+    def reload(self) -> dict:
+        """Re-read and validate the file; keep running on the old one if it is invalid."""
+        try:
+            config = configuration.load(self.config.path)
+        except ConfigError as e:
+            self.emit(Event(ev.DAEMON_RELOAD_FAILED, {"config": str(self.config.path),
+                                                      "errors": e.errors,
+                                                      "action": "still running on the previous configuration"}))
+            return {"ok": False, "errors": e.errors}
+        now = time.monotonic()
+        not_applied = restart_needed(self.config, config)
+        if config.daemon.log_level != self.config.daemon.log_level:
+            self.log = configure_logging(config.daemon.log_level, self.config.daemon.log_format)
+        config = kept_as_running(self.config, config)
+        report = self.supervisor.reconfigure(config, now)
+        self.broker.configure(config.broker.heartbeat_interval, config.broker.heartbeat_liveness,
+                              config.services, now)
+        self.config = config
+        result = {"ok": True, **report, "not_applied": not_applied}
+        self.emit(Event(ev.DAEMON_RELOAD, {"config": str(config.path), **result}))
+        return result
 
     # --- the broker's hooks: what it tells the daemon about workers ----------------------
 
@@ -178,20 +211,24 @@ class Daemon:
     def status(self) -> dict:
         now = time.monotonic()
         services = {}
-        for name, workers in self.supervisor.snapshot(now).items():
-            for worker, slot in zip(workers, self.supervisor.slots[name]):
-                link = self.broker.link(slot.worker.identity) if slot.worker else None
-                worker.update(_link_view(link, now))
-            service = self.config.services[name]
-            services[name] = {"workers": workers, "configured": service.workers,
-                              "min_ready": service.min_ready}
+        for name, entry in self.supervisor.snapshot(now).items():
+            identities = [s.worker.identity if s.worker else None
+                          for s in self.supervisor.services[name].slots]
+            for worker, identity in zip(entry["workers"], identities):
+                worker.update(_link_view(self.broker.link(identity) if identity else None, now))
+            service = entry["config"]
+            services[name] = {"workers": entry["workers"], "configured": service.workers,
+                              "desired": entry["desired"], "min_ready": service.min_ready,
+                              "rolling": entry["rolling"], "removing": entry["removing"]}
         for link in self.broker.external_workers():
             name = link.route.name.decode(errors="replace")
-            entry = services.setdefault(name, {"workers": [], "configured": 0, "min_ready": 0})
+            entry = services.setdefault(name, {"workers": [], "configured": 0, "desired": 0,
+                                               "min_ready": 0, "rolling": 0, "removing": False})
             entry["workers"].append({
                 "slot": None, "state": "BUSY" if link.current else "READY", "pid": None,
                 "restarts": 0, "uptime": round(now - link.registered, 3), "state_for": None,
                 "last_exit": None, "backoff_remaining": None, "fatal_reason": None,
+                "draining": None, "replacing": False, "cpu_percent": None, "rss_bytes": None,
                 "external": True, "identity": link.identity.hex(), **_link_view(link, now)})
         for name, entry in services.items():
             route = self.broker.routes.get(name.encode())

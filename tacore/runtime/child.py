@@ -24,9 +24,9 @@ import structlog
 import zmq
 
 from tacore.brokering import protocol as mdp
-from tacore.config import load_handler
 from tacore.errors import BadRequest
 from tacore.observability.logging import configure_logging
+from tacore.runtime.loader import load_handler
 from tacore.runtime.spec import EXIT_START_FAILED, WorkerSpec
 
 PR_SET_PDEATHSIG = 1

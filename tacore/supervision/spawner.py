@@ -14,7 +14,9 @@ import fcntl
 import multiprocessing
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+import psutil
 
 from tacore.runtime import child
 from tacore.runtime.spec import WorkerSpec
@@ -36,13 +38,14 @@ class WorkerProcess:
     started_wall: float
     spawn_seconds: float
     ready_at: float | None = None
+    ps: psutil.Process | None = None  # for CPU and memory figures
+    dump: object = None  # a stack dump in progress (the supervisor's Dump)
+    frozen: bool = False  # seen stopped (SIGSTOP) when a dump was asked for
     # Set when the daemon decides to stop it:
     stop_reason: str | None = None
     stop_is_failure: bool = False
-    dump_deadline: float | None = None
     kill_deadline: float | None = None
     killed: bool = False
-    extra: dict = field(default_factory=dict)
 
     @property
     def sentinel(self) -> int:
@@ -73,6 +76,11 @@ def spawn(spec_fields: dict, now: float) -> WorkerProcess:
         process.start()
     finally:
         os.close(stack_w)
-    return WorkerProcess(process=process, pid=process.pid, identity=spec.identity, stack=StackReader(stack_r),
-                         started=now, started_wall=time.time(),
-                         spawn_seconds=time.perf_counter() - began)
+    spawn_seconds = time.perf_counter() - began
+    try:
+        ps = psutil.Process(process.pid)
+    except psutil.Error:
+        ps = None  # already gone: its sentinel will say so
+    return WorkerProcess(process=process, pid=process.pid, identity=spec.identity,
+                         stack=StackReader(stack_r), started=now, started_wall=time.time(),
+                         spawn_seconds=spawn_seconds, ps=ps)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import linecache
 import os
 import re
-import sysconfig
 
 from tacore.runtime import child
+from tacore.runtime.loader import INSTALLED
 
 _FRAME = re.compile(r'^\s*File "(?P<file>.*)", line (?P<line>\d+) in (?P<func>.*)$')
 _THREAD = re.compile(r"^(?P<current>Current thread|Thread) (?P<ident>0x[0-9a-f]+)")
@@ -61,13 +61,14 @@ class StackReader:
 
 
 def annotate(raw: str, main_ident: str | None) -> tuple[str, str | None]:
-    """Add source lines to a faulthandler dump; return it and where the main thread is blocked.
+    """Add source lines to a faulthandler dump; return it and where the main thread is.
 
-    ``blocked_at`` is the innermost main-thread frame outside the standard library (the
-    service's own line, not threading.py's), e.g. 'app/db.py:12 in start: conn.connect()'.
+    ``blocked_at`` is the innermost main-thread frame of the operator's own code (not the
+    standard library, site-packages or tacore: the service's line, not socket.py's), else the
+    innermost main-thread frame; e.g. 'app/db.py:12 in start: conn.connect()'.
     Frames below the worker's entry point are the daemon's, copied by fork: they are cut.
     """
-    out, blocked_at, in_main, cut = [], None, False, False
+    out, own, innermost, in_main, cut, seen_main_frame = [], None, None, False, False, False
     for line in raw.splitlines():
         thread = _THREAD.match(line)
         if thread:
@@ -85,20 +86,23 @@ def annotate(raw: str, main_ident: str | None) -> tuple[str, str | None]:
         linecache.checkcache(path)  # the file may have changed since the daemon last read it
         source = linecache.getline(path, int(number)).strip()
         out.append(line + (f"\n    {source}" if source else ""))
-        if in_main and blocked_at is None and not _in_stdlib(path):
-            blocked_at = f"{path}:{number} in {func}" + (f": {source}" if source else "")
+        here = f"{path}:{number} in {func}" + (f": {source}" if source else "")
+        if in_main and not seen_main_frame:
+            innermost, seen_main_frame = here, True
+        if in_main and own is None and _is_own_code(path):
+            own = here
         if path == _ENTRY_FILE and func == "run":
             out.append("  (frames below are the daemon's, from before the fork)")
             cut = True
-    return "\n".join(out), blocked_at
+    return "\n".join(out), own or innermost
 
 
 _ENTRY_FILE = child.__file__
-_STDLIB = tuple({sysconfig.get_path("stdlib"), sysconfig.get_path("platstdlib")})
+_TACORE = os.path.join(os.path.dirname(os.path.dirname(child.__file__)), "")
 
 
-def _in_stdlib(path: str) -> bool:
-    return path.startswith(_STDLIB) and "site-packages" not in path
+def _is_own_code(path: str) -> bool:
+    return not path.startswith(INSTALLED) and not path.startswith(_TACORE)
 
 
 def _same_ident(a: str, b: str | None) -> bool:

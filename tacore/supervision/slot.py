@@ -1,0 +1,100 @@
+"""A slot: a numbered place for one worker of a service, outliving the processes that fill it.
+
+During a rolling restart two slots share an index for a moment: the replacement (STARTING,
+then READY) and the slot it replaces (then drained and removed). Status shows both, truthfully.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+from tacore.config import ServiceConfig
+from tacore.supervision import spawner
+from tacore.supervision.policy import RestartPolicy
+from tacore.supervision.states import State
+
+
+@dataclass
+class Drain:
+    """Stop this slot's worker once it has no request (or at ``deadline``), for ``reason``."""
+
+    reason: str
+    deadline: float | None
+    remove: bool  # forget the slot once its worker has exited (scale down, replaced, removed)
+
+
+class Slot:
+    def __init__(self, service: ServiceConfig, index: int, previous: "Slot | None" = None):
+        self.service, self.index = service, index
+        self.state, self.since = State.STOPPED, time.monotonic()
+        self.worker: spawner.WorkerProcess | None = None
+        self.spawns = previous.spawns if previous else 0
+        self.last_exit: dict | None = previous.last_exit if previous else None
+        self.backoff_until: float | None = None
+        self.fatal_reason: str | None = None
+        self.policy = RestartPolicy(service.max_restarts, service.restart_window,
+                                    service.backoff_initial, service.backoff_max)
+        self.drain: Drain | None = None
+        self.replaces: Slot | None = None  # the slot this one takes over once READY
+        self.replaced_by: Slot | None = None
+        self.served = 0  # requests answered by the current process
+        self.request_limit: int | None = None  # max_requests with its jitter, per process
+        self.figures: dict = {}  # sampled: cpu_percent, rss_bytes, threads, fds
+
+    @property
+    def name(self) -> str:
+        return f"{self.service.name}/{self.index}"
+
+    def context(self, **extra) -> dict:
+        return {"service": self.service.name, "slot": self.index,
+                "pid": self.worker.pid if self.worker else None, **extra}
+
+    def new_process(self) -> None:
+        """Per-process counters start again; the recycling limit gets its own jitter."""
+        s = self.service
+        self.served = 0
+        self.figures = {}
+        self.request_limit = (s.max_requests + random.randint(0, s.max_requests_jitter)
+                              if s.max_requests else None)
+
+    def snapshot(self, now: float) -> dict:
+        w = self.worker
+        return {
+            "slot": self.index,
+            "state": str(self.state),
+            "pid": w.pid if w else None,
+            "restarts": max(0, self.spawns - 1),
+            "uptime": round(now - w.started, 3) if w else None,
+            "state_for": round(now - self.since, 3),
+            "last_exit": self.last_exit,
+            "backoff_remaining": round(max(0.0, self.backoff_until - now), 3)
+            if self.state is State.BACKOFF else None,
+            "fatal_reason": self.fatal_reason,
+            "draining": self.drain.reason if self.drain else None,
+            "replacing": self.replaces is not None,
+            "cpu_percent": self.figures.get("cpu_percent"),
+            "rss_bytes": self.figures.get("rss_bytes"),
+            "external": False,
+        }
+
+
+@dataclass
+class ServiceSlots:
+    """One service's slots, the count an operator asked for, and a rolling restart's queue."""
+
+    config: ServiceConfig
+    slots: list[Slot] = field(default_factory=list)
+    desired: int = 0
+    rolling: list[Slot] = field(default_factory=list)  # old slots still to be replaced
+    removing: bool = False  # dropped from the configuration: forget it once all have exited
+
+    def live(self) -> list[Slot]:
+        """Slots that count towards ``desired``: not leaving, not a surge replacement."""
+        return [s for s in self.slots
+                if s.replaces is None and not (s.drain and s.drain.remove)]
+
+    def free_index(self) -> int:
+        used = {s.index for s in self.slots}
+        return next(i for i in range(len(used) + 1) if i not in used)
