@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import grp
 import ipaddress
 import math
 import os
@@ -19,7 +20,9 @@ import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
+
+import zmq.auth
 
 from tacore.errors import ConfigError
 from tacore.runtime.loader import load_handler
@@ -70,11 +73,16 @@ class BrokerConfig:
     heartbeat_interval: float = 2.5
     heartbeat_liveness: int = 3
     max_message_size: int = 16 * 2**20
+    curve_secret_key: str | None = None
+    curve_authorized_keys: str | None = None
 
 
 @dataclass(frozen=True)
 class ControlConfig:
     endpoint: str
+    curve_secret_key: str | None = None
+    curve_authorized_keys: str | None = None
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +173,16 @@ def string(value):
     return value
 
 
+def group(value):
+    """A group name that exists on this machine."""
+    try:
+        grp.getgrnam(string(value))
+    except KeyError:
+        raise _Invalid(f"no group named {value!r} on this machine",
+                       "create it (groupadd) or name an existing group") from None
+    return value
+
+
 def string_list(value):
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise _Invalid(f"must be a list of strings, got {value!r}", 'write e.g. ["a", "b"]')
@@ -172,7 +190,8 @@ def string_list(value):
 
 
 def endpoint(value):
-    """A ZeroMQ endpoint tacore may bind: ipc:// with an absolute path, or tcp:// on loopback."""
+    """A ZeroMQ endpoint tacore may bind: ipc:// with an absolute path, or tcp://HOST:PORT
+    (a host that is not loopback needs CURVE, checked per section)."""
     value = string(value)
     if value.startswith("ipc://"):
         path = value[len("ipc://"):]
@@ -183,18 +202,43 @@ def endpoint(value):
             raise _Invalid(f"ipc path is {len(path.encode())} bytes, the limit is {MAX_IPC_PATH}",
                            "use a shorter directory")
         return value
-    if value.startswith("tcp://"):
-        host = value[len("tcp://"):].rpartition(":")[0].strip("[]")
-        if host != "localhost":
-            try:
-                loopback = ipaddress.ip_address(host).is_loopback
-            except ValueError:
-                loopback = False
-            if not loopback:
-                raise _Invalid(f"tcp endpoint {value!r} is not on a loopback address",
-                               "bind tcp only to 127.0.0.1 or [::1], or use ipc://")
+    if value.startswith("tcp://") and value.rpartition(":")[2].isdigit():
         return value
     raise _Invalid(f"unsupported endpoint {value!r}", "use ipc:///path.sock or tcp://127.0.0.1:PORT")
+
+
+def is_loopback(endpoint: str) -> bool:
+    """True for ipc:// and for tcp:// on 127.0.0.0/8, ::1 or localhost."""
+    if not endpoint.startswith("tcp://"):
+        return True
+    host = endpoint[len("tcp://"):].rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # "*", an interface name or a host name: reachable from elsewhere
+
+
+def secret_key_file(value):
+    """A zmq.auth secret key file (``tacorectl keygen`` writes NAME.key_secret)."""
+    path = Path(string(value)).expanduser()
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as e:
+        raise _Invalid(f"cannot load a CURVE key from {str(path)!r}: {e}",
+                       "create one with: tacorectl keygen DIR NAME") from None
+    if not secret:
+        raise _Invalid(f"{str(path)!r} holds no secret key", "name the NAME.key_secret file")
+    return str(path)
+
+
+def key_directory(value):
+    path = Path(string(value)).expanduser()
+    if not path.is_dir():
+        raise _Invalid(f"{str(path)!r} is not a directory",
+                       "name a directory of allowed public keys (*.key files)")
+    return str(path)
 
 
 def endpoint_list(value):
@@ -225,9 +269,11 @@ def table(value):
 DAEMON_KEYS = {"runtime_dir": string, "state_dir": string, "log_level": _choice(LOG_LEVELS),
                "log_format": _choice(LOG_FORMATS), "python_path": string_list,
                "stop_timeout": duration}
+CURVE_KEYS = {"curve_secret_key": secret_key_file, "curve_authorized_keys": key_directory}
 BROKER_KEYS = {"frontend": endpoint_list, "backend": endpoint, "heartbeat_interval": duration,
-               "heartbeat_liveness": _integer(1), "max_message_size": _integer(1024)}
-CONTROL_KEYS = {"endpoint": endpoint}
+               "heartbeat_liveness": _integer(1), "max_message_size": _integer(1024),
+               **CURVE_KEYS}
+CONTROL_KEYS = {"endpoint": endpoint, "group": group, **CURVE_KEYS}
 STATE_KEYS = {"sample_interval": duration}
 SERVICE_KEYS = {"handler": handler, "workers": _integer(0), "start_timeout": duration,
                 "request_timeout": duration, "stop_timeout": duration,
@@ -328,6 +374,7 @@ def load(path, env=os.environ, import_handlers: bool = True) -> Config:
     control = ControlConfig(**{"endpoint": default_control_endpoint(runtime), **tables["control"]})
     _check_default_endpoints(report, tables, broker, control)
     _check_duplicates(report, broker, control)
+    _check_exposure(report, broker, control)
     daemon_ok = not any(line.startswith(f"{path}: [daemon] python_path") for line in report.lines)
     services = _services(report, data.get("services", {}))
     if import_handlers and daemon_ok:  # every handler is tried, so one pass finds every problem
@@ -361,6 +408,23 @@ def _check_default_endpoints(report, tables, broker, control):
             except _Invalid as bad:
                 report.add("daemon", "runtime_dir", f"default {section}.{key}: {bad.problem}",
                            bad.fix)
+
+
+def _check_exposure(report, broker, control):
+    """Keys come in pairs, and an endpoint reachable from other hosts needs CURVE."""
+    for section, values in (("broker", broker), ("control", control)):
+        if (values.curve_secret_key is None) != (values.curve_authorized_keys is None):
+            report.add(section, "curve_secret_key", "curve_secret_key and curve_authorized_keys "
+                       "go together", "set both, or neither")
+    for section, key, value, curve in (
+            [("broker", "frontend", e, False) for e in broker.frontend]
+            + [("broker", "backend", broker.backend, broker.curve_secret_key is not None),
+               ("control", "endpoint", control.endpoint, control.curve_secret_key is not None)]):
+        if not is_loopback(value) and not curve:
+            fix = ("bind it to 127.0.0.1 or use ipc://" if key == "frontend" else
+                   f"bind it to 127.0.0.1, or set curve_secret_key and curve_authorized_keys "
+                   f"in [{section}] (tacorectl keygen)")
+            report.add(section, key, f"{value!r} is reachable from other hosts without CURVE", fix)
 
 
 def _check_duplicates(report, broker, control):
@@ -473,8 +537,9 @@ def _read_sections(path: Path, wanted, error: ConfigError) -> dict:
 
 # Settings a running daemon cannot change: its sockets and directories are bound and made.
 NEEDS_RESTART = {"daemon": ("runtime_dir", "state_dir", "log_format"),
-                 "broker": ("frontend", "backend", "max_message_size"),
-                 "control": ("endpoint",)}
+                 "broker": ("frontend", "backend", "max_message_size", "curve_secret_key",
+                            "curve_authorized_keys"),
+                 "control": ("endpoint", "group", "curve_secret_key", "curve_authorized_keys")}
 
 
 def restart_needed(running: Config, new: Config) -> list[str]:

@@ -34,10 +34,11 @@ DAEMON_RELOAD_FAILED = "daemon.reload_failed"
 PROTOCOL_ERROR = "protocol.error"
 REQUEST_TIMEOUT = "request.timeout"
 CONTROL_ERROR = "control.error"
+AUTH_REFUSED = "auth.refused"
 
 # Events an operator must see even at log_level = "warning".
 WARNING = frozenset({WORKER_START_TIMEOUT, WORKER_UNRESPONSIVE, REQUEST_TIMEOUT, WORKER_KILLED, WORKER_BACKOFF,
-                     PROTOCOL_ERROR, CONTROL_ERROR})
+                     PROTOCOL_ERROR, CONTROL_ERROR, AUTH_REFUSED})
 ERROR = frozenset({WORKER_FATAL, WORKER_REPLACE_FAILED, DAEMON_RELOAD_FAILED})
 DEBUG = frozenset({WORKER_STATE})
 

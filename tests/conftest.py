@@ -128,12 +128,14 @@ def start_daemon(workdir):
     """Start a real daemon: start_daemon(services, daemon=..., broker=...) -> RunningDaemon."""
     started = []
 
-    def start(services: dict, wait_ready: bool = True, **sections) -> RunningDaemon:
+    def start(services: dict, wait_ready: bool = True, control_socket: bool = True,
+              **sections) -> RunningDaemon:
         config = write_config(workdir / "tacore.toml", services, **sections)
         d = RunningDaemon(config, workdir / f"daemon{len(started)}.log")
         started.append(d)
-        wait_until(lambda: os.path.exists(d.runtime / "control.sock") or d.proc.poll() is not None,
-                   10, "the control socket")
+        ready_file = d.runtime / ("control.sock" if control_socket else "frontend.sock")
+        wait_until(lambda: os.path.exists(ready_file) or d.proc.poll() is not None,
+                   10, "the daemon's sockets")
         if d.proc.poll() is not None:
             pytest.fail(f"tacored exited {d.proc.returncode}: {d.log_path.read_text()}")
         if wait_ready:

@@ -7,15 +7,18 @@ Exit codes: 0 success, 1 the answer is bad news (e.g. unhealthy), 2 usage error,
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+
+import zmq.auth
 
 import click
 
 from tacore import __version__, config as configuration
 from tacore.cli import render
 from tacore.client import CallError, CallTimeout, Client
-from tacore.control.client import CommandFailed, ControlClient, Unreachable
+from tacore.control.client import CommandFailed, ControlClient, Unreachable, curve_options
 from tacore.errors import EX_CONFIG, ConfigError
 
 EXIT_UNHEALTHY = 1
@@ -23,12 +26,12 @@ EXIT_NOT_RUNNING = 3
 
 
 class Context:
-    def __init__(self, endpoint: str, timeout: float):
-        self.endpoint, self.timeout = endpoint, timeout
+    def __init__(self, endpoint: str, timeout: float, curve: dict | None):
+        self.endpoint, self.timeout, self.curve = endpoint, timeout, curve
 
     def call(self, command: str, **args):
         try:
-            return ControlClient(self.endpoint, self.timeout).call(command, **args)
+            return ControlClient(self.endpoint, self.timeout, self.curve).call(command, **args)
         except Unreachable as e:
             click.echo(f"tacorectl: tacored is not running or not answering: {e}", err=True)
             sys.exit(EXIT_NOT_RUNNING)
@@ -50,9 +53,16 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON."
                    "(env: TACORE_CONTROL; overrides --config).")
 @click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(min=0.01),
               help="Seconds to wait for the daemon's answer.")
+@click.option("--curve-key", envvar="TACORE_CURVE_KEY", metavar="FILE",
+              type=click.Path(exists=True, dir_okay=False),
+              help="For a CURVE-protected tcp control endpoint: your NAME.key_secret file "
+                   "(env: TACORE_CURVE_KEY).")
+@click.option("--curve-server-key", envvar="TACORE_CURVE_SERVER_KEY", metavar="FILE",
+              type=click.Path(exists=True, dir_okay=False),
+              help="The daemon's public NAME.key file (env: TACORE_CURVE_SERVER_KEY).")
 @click.version_option(__version__, prog_name="tacorectl")
 @click.pass_context
-def main(ctx, config_path, endpoint, timeout):
+def main(ctx, config_path, endpoint, timeout, curve_key, curve_server_key):
     """Inspect and control a running tacored.
 
     Without --config or --control, the daemon's default control socket is used
@@ -66,7 +76,10 @@ def main(ctx, config_path, endpoint, timeout):
             click.echo("\n".join(f"tacorectl: {line}" for line in e.errors), err=True)
             click.echo("tacorectl: name the socket with --control ENDPOINT instead", err=True)
             sys.exit(EX_CONFIG)
-    ctx.obj = Context(endpoint, timeout)
+    if bool(curve_key) != bool(curve_server_key):
+        raise click.UsageError("--curve-key and --curve-server-key go together")
+    curve = curve_options(curve_key, curve_server_key) if curve_key else None
+    ctx.obj = Context(endpoint, timeout, curve)
 
 
 @main.command()
@@ -288,6 +301,30 @@ def shutdown(obj: Context, as_json):
     """Stop the daemon gracefully: refuse new requests, drain, stop the workers, exit."""
     result = obj.call("shutdown")
     _show(result, as_json, "tacored is stopping")
+
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("name")
+def keygen(directory, name):
+    """Make a CURVE key pair: DIRECTORY/NAME.key (public) and NAME.key_secret (mode 0600).
+
+    \b
+    Give the daemon its pair in [broker] or [control] curve_secret_key; put each client's
+    public NAME.key in the directory named by curve_authorized_keys.
+    \b
+    Example:
+      tacorectl keygen /etc/tacore/keys tacored
+    """
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    old_umask = os.umask(0o077)
+    try:
+        public, secret = zmq.auth.create_certificates(directory, name)
+    finally:
+        os.umask(old_umask)
+    os.chmod(public, 0o644)
+    click.echo(f"public key: {public}\nsecret key: {secret}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 import os
 
 import zmq
+import zmq.auth
 
 from tacore.control import protocol
 
@@ -19,8 +20,10 @@ class CommandFailed(Exception):
 
 
 class ControlClient:
-    def __init__(self, endpoint: str, timeout: float = 5.0):
-        self.endpoint, self.timeout = endpoint, timeout
+    """``curve``: socket options for a CURVE-protected endpoint (see ``curve_options``)."""
+
+    def __init__(self, endpoint: str, timeout: float = 5.0, curve: dict | None = None):
+        self.endpoint, self.timeout, self.curve = endpoint, timeout, curve or {}
 
     def call(self, command: str, **args):
         if self.endpoint.startswith("ipc://"):
@@ -30,6 +33,8 @@ class ControlClient:
         ctx = zmq.Context.instance()
         sock = ctx.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
+        for option, value in self.curve.items():
+            setattr(sock, option, value)
         try:
             sock.connect(self.endpoint)
             sock.send(protocol.encode_request(command, args))
@@ -41,3 +46,10 @@ class ControlClient:
         if not reply.get("ok"):
             raise CommandFailed(reply.get("error", "unknown error"))
         return reply["result"]
+
+
+def curve_options(secret_key_file: str, server_key_file: str) -> dict:
+    """Client socket options from our key pair file and the server's public key file."""
+    public, secret = zmq.auth.load_certificate(secret_key_file)
+    server, _ = zmq.auth.load_certificate(server_key_file)
+    return {"curve_serverkey": server, "curve_publickey": public, "curve_secretkey": secret}

@@ -21,6 +21,7 @@ from tacore import config as configuration
 from tacore.config import Config, kept_as_running, restart_needed
 from tacore.control.server import ControlServer
 from tacore.daemon import sockets
+from tacore.daemon.security import CurveGuard, client_keys
 from tacore.daemon.signals import SignalPipe
 from tacore.events import Event
 from tacore.errors import ConfigError
@@ -44,6 +45,7 @@ class Daemon:
         self.lock = None
         self.bound: list[str] = []
         self.next_sample = 0.0
+        self.guard = None
 
     # --- the whole life -----------------------------------------------------------------
 
@@ -69,30 +71,39 @@ class Daemon:
             self._close()
 
     def _bind(self) -> None:
-        daemon, broker = self.config.daemon, self.config.broker
-        sockets.prepare_runtime_dir(daemon.runtime_dir)
+        daemon, broker, control = self.config.daemon, self.config.broker, self.config.control
+        sockets.prepare_runtime_dir(daemon.runtime_dir, control.group)
         self.lock = sockets.DaemonLock(daemon.runtime_dir)
+        if broker.curve_secret_key or control.curve_secret_key:
+            self.guard = CurveGuard(self.ctx, self.emit)
+            self._watch(self.guard.socket, self.guard.on_readable)
         self.frontend = self._socket(zmq.ROUTER, broker.frontend, "frontend")
-        self.backend = self._socket(zmq.ROUTER, [broker.backend], "backend")
+        self.backend = self._socket(zmq.ROUTER, [broker.backend], "backend", broker)
         self.backend.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a vanished worker is an error, not a loss
         self.backend.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting worker replaces itself
-        self.control_sock = self._socket(zmq.ROUTER, [self.config.control.endpoint], "control")
+        self.control_sock = self._socket(zmq.ROUTER, [control.endpoint], "control", control,
+                                         group=control.group)
         self.broker = Broker(self.frontend, self.backend, broker.heartbeat_interval,
                              broker.heartbeat_liveness, self.config.services, hooks=self)
-        self.supervisor = Supervisor(self.config, self.emit, self._watch, self._unwatch,
-                                     forget=self.broker.forget, retire=self.broker.retire)
+        self.supervisor = Supervisor(
+            self.config, self.emit, self._watch, self._unwatch, forget=self.broker.forget,
+            retire=self.broker.retire,
+            worker_curve=client_keys(broker.curve_secret_key) if broker.curve_secret_key else None)
         self.control = ControlServer(self.control_sock, self, self.emit)
         self._watch(self.frontend, self.broker.on_frontend)
         self._watch(self.backend, self.broker.on_backend)
         self._watch(self.control_sock, self.control.on_readable)
 
-    def _socket(self, kind: int, endpoints: list[str], what: str) -> zmq.Socket:
+    def _socket(self, kind: int, endpoints, what: str, keys=None, group=None) -> zmq.Socket:
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         if what != "control":  # a larger message disconnects its sender (libzmq enforces it)
             sock.setsockopt(zmq.MAXMSGSIZE, self.config.broker.max_message_size)
+        if keys is not None and keys.curve_secret_key:
+            self.guard.protect(sock, f"tacore.{what}", keys.curve_secret_key,
+                               keys.curve_authorized_keys)
         for endpoint in endpoints:
-            sockets.bind(sock, endpoint, what)
+            sockets.bind(sock, endpoint, what, group)
             self.bound.append(endpoint)
         return sock
 
@@ -103,6 +114,8 @@ class Daemon:
             self.signals.close()
         if getattr(self, "frontend", None) is not None:
             self.frontend.close(linger=1000)  # let the last replies reach their clients
+        if self.guard is not None:
+            self.guard.close()
         self.ctx.destroy(linger=0)
         for endpoint in self.bound:
             sockets.unlink_ipc(endpoint)

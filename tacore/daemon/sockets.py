@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import grp
 import os
 import socket
 import stat
@@ -18,14 +19,20 @@ import zmq
 from tacore.errors import EX_CANTCREAT, EX_CONFIG, EX_UNAVAILABLE, StartupError
 
 
-def prepare_runtime_dir(path: Path) -> None:
-    """Create the directory 0700, or check that an existing one is ours and private."""
+def prepare_runtime_dir(path: Path, group: str | None = None) -> None:
+    """Create the directory 0700 (0750 for ``group``), or check an existing one is ours and
+    not writable by others."""
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if group is not None:
+            os.chown(path, -1, grp.getgrnam(group).gr_gid)
+            os.chmod(path, 0o750)
         info = path.stat()
     except OSError as e:
         raise StartupError(f"cannot create runtime_dir {path}: {e.strerror}; create it or "
                            "choose another [daemon] runtime_dir", EX_CANTCREAT) from None
+    except KeyError:
+        raise StartupError(f"[control] group {group!r} does not exist", EX_CONFIG) from None
     if not stat.S_ISDIR(info.st_mode):
         raise StartupError(f"runtime_dir {path} is not a directory", EX_CANTCREAT)
     if info.st_uid != os.getuid():
@@ -60,8 +67,9 @@ class DaemonLock:
         os.close(self.fd)
 
 
-def bind(sock: zmq.Socket, endpoint: str, what: str) -> None:
-    """Bind one endpoint; an ipc socket file is made 0600 and a live one is never stolen."""
+def bind(sock: zmq.Socket, endpoint: str, what: str, group: str | None = None) -> None:
+    """Bind one endpoint; an ipc socket file is made 0600 (0660 for ``group``) and a live one
+    is never stolen."""
     if not endpoint.startswith("ipc://"):
         _bind(sock, endpoint, what)
         return
@@ -72,7 +80,11 @@ def bind(sock: zmq.Socket, endpoint: str, what: str) -> None:
         _bind(sock, endpoint, what)
     finally:
         os.umask(old_umask)
-    os.chmod(path, 0o600)
+    if group is not None:
+        os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        os.chmod(path, 0o660)
+    else:
+        os.chmod(path, 0o600)
 
 
 def _bind(sock: zmq.Socket, endpoint: str, what: str) -> None:

@@ -137,6 +137,8 @@ class Worker:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, self.spec.identity)
         self.sock.setsockopt(zmq.LINGER, 0)
+        for option, value in (self.spec.curve or {}).items():
+            setattr(self.sock, option, value)
         self.sock.connect(self.spec.backend)
         self._send([mdp.W_READY, self.spec.service.encode()])
         now = time.monotonic()

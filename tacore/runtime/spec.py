@@ -22,4 +22,5 @@ class WorkerSpec:
     stack_fd: int
     log_level: str
     log_format: str
+    curve: dict | None = None  # CURVE client options for a protected backend
     close_fds: frozenset[int] = field(default_factory=frozenset)

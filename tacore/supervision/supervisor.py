@@ -48,8 +48,10 @@ class Supervisor:
     def __init__(self, config: Config, emit: Callable[[Event], None],
                  watch: Callable[[int, Callable[[float], None]], None],
                  unwatch: Callable[[int], None],
-                 forget: Callable[[bytes, float], None], retire: Callable[[bytes], None]):
+                 forget: Callable[[bytes, float], None], retire: Callable[[bytes], None],
+                 worker_curve: dict | None = None):
         self.config, self.emit, self.watch, self.unwatch = config, emit, watch, unwatch
+        self.worker_curve = worker_curve  # CURVE client options for a protected backend
         self.forget = forget  # tells the broker a worker's process is gone
         self.retire = retire  # tells the broker to give a worker no more requests
         self.services: dict[str, ServiceSlots] = {}
@@ -333,7 +335,7 @@ class Supervisor:
                       config=s.config, backend=broker.backend,
                       heartbeat_interval=broker.heartbeat_interval,
                       heartbeat_liveness=broker.heartbeat_liveness,
-                      daemon_pid=os.getpid(),
+                      curve=self.worker_curve, daemon_pid=os.getpid(),
                       log_level=self.config.daemon.log_level,
                       log_format=self.config.daemon.log_format)
         slot.backoff_until = None

@@ -1,0 +1,78 @@
+"""CURVE for tcp endpoints, with ZAP answered from the daemon's own loop (no thread).
+
+A section ([broker] for the backend, [control] for the control socket) with
+``curve_secret_key`` and ``curve_authorized_keys`` makes its socket a CURVE server: only
+clients whose public key is a ``*.key`` file in the authorized directory (read at each
+connection, so keys can be added or removed live) get in; the daemon's own workers use the
+daemon's key pair. Keys are made by ``tacorectl keygen``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import zmq
+import zmq.auth
+from zmq.auth.base import Authenticator
+
+from tacore import events as ev
+from tacore.events import Event
+
+
+class KeyDirectory:
+    """pyzmq's credentials provider: a key is allowed if it is in the directory (or ours)."""
+
+    def __init__(self, directory: str, own_public: bytes, emit: Callable[[Event], None]):
+        self.directory, self.own_public, self.emit = directory, own_public, emit
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        allowed = key == self.own_public or key in zmq.auth.load_certificates(self.directory)
+        if not allowed:
+            self.emit(Event(ev.AUTH_REFUSED, {"domain": domain, "client_key": key.decode()}))
+        return allowed
+
+
+class CurveGuard:
+    """The ZAP handler for every CURVE socket of the daemon."""
+
+    def __init__(self, ctx: zmq.Context, emit: Callable[[Event], None]):
+        self.emit = emit
+        self.auth = Authenticator(ctx, log=logging.getLogger("tacore.zap"))
+        self.auth.start()
+        self.socket = self.auth.zap_socket
+
+    def protect(self, sock: zmq.Socket, domain: str, secret_file: str, authorized: str) -> None:
+        """Make ``sock`` (before it binds) a CURVE server for the keys in ``authorized``."""
+        public, secret = zmq.auth.load_certificate(secret_file)
+        sock.curve_secretkey, sock.curve_publickey, sock.curve_server = secret, public, True
+        sock.zap_domain = domain.encode()
+        self.auth.configure_curve_callback(domain, KeyDirectory(authorized, public, self.emit))
+
+    def on_readable(self, now: float) -> None:
+        while True:
+            try:
+                msg = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            _run_now(self.auth.handle_zap_message(msg))
+
+    def close(self) -> None:
+        self.auth.stop()
+
+
+def _run_now(coroutine) -> None:
+    """pyzmq's ZAP handler is a coroutine that only waits on async providers; ours is not."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return
+    coroutine.close()
+    raise RuntimeError("ZAP handling waited on something: a synchronous provider was expected")
+
+
+def client_keys(secret_file: str) -> dict:
+    """Socket options for a client of a CURVE server whose key pair is in ``secret_file``
+    (the daemon's own workers)."""
+    public, secret = zmq.auth.load_certificate(secret_file)
+    return {"curve_serverkey": public, "curve_publickey": public, "curve_secretkey": secret}
