@@ -110,6 +110,58 @@ def crash_to_ready(workdir: Path, rounds: int = 5) -> dict:
         d.stop()
 
 
+def rolling_restart(workdir: Path, clients: int = 8) -> dict:
+    """Restart a 4-worker echo service under load: how long, and was every request answered."""
+    import threading
+
+    from tacore.client import CallError, Client
+
+    d = Daemon(workdir, '[services.echo]\nhandler = "tacore.services.echo:Echo"\nworkers = 4\n')
+    counts = {"sent": 0, "answered": 0, "ok": 0}
+    lock, stop = threading.Lock(), threading.Event()
+    client = Client(f"ipc://{workdir}/run/frontend.sock")
+
+    def load():
+        while not stop.is_set():
+            with lock:
+                counts["sent"] += 1
+            try:
+                client.call("echo", "x", 1, timeout=10)
+                ok = 1
+            except CallError:
+                ok = 0
+            with lock:
+                counts["answered"] += 1
+                counts["ok"] += ok
+
+    try:
+        d.wait(lambda: all(w["state"] == "READY" for w in d.workers("echo")))
+        old = {w["pid"] for w in d.workers("echo")}
+        threads = [threading.Thread(target=load) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        time.sleep(1)  # the load runs a while before the restart
+        lowest, t0 = 4, time.monotonic()
+        d.client.call("restart", target="echo")
+
+        def done():
+            nonlocal lowest
+            workers = d.workers("echo")
+            lowest = min(lowest, sum(w["state"] in ("READY", "BUSY") and not w["draining"]
+                                     for w in workers))
+            return len(workers) == 4 and not {w["pid"] for w in workers} & old
+        d.wait(done)
+        took = time.monotonic() - t0
+        time.sleep(1)  # and a while after it
+        stop.set()
+        for t in threads:
+            t.join()
+        client.close()
+        return {"restart_seconds": round(took, 3), "lowest_ready": lowest, **counts}
+    finally:
+        d.stop()
+
+
 def idle_cpu(workdir: Path, seconds: float) -> dict:
     d = Daemon(workdir, '[services.echo]\nhandler = "tacore.services.echo:Echo"\nworkers = 8\n')
     try:
@@ -136,7 +188,8 @@ def main():
     args = parser.parse_args()
     results = {"machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()}}
     with tempfile.TemporaryDirectory(prefix="tcb-") as tmp:
-        for name, fn in (("start_timeout", start_timeout_chain), ("crash", crash_to_ready)):
+        for name, fn in (("start_timeout", start_timeout_chain), ("crash", crash_to_ready),
+                         ("rolling_restart", rolling_restart)):
             (Path(tmp) / name).mkdir()
             results[name] = fn(Path(tmp) / name)
         (Path(tmp) / "idle").mkdir()
