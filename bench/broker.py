@@ -77,7 +77,8 @@ class ProxySetup:
 class TacoreSetup:
     def __init__(self, tmp: Path, workers: int):
         config = tmp / "tacore.toml"
-        config.write_text(f'[daemon]\nruntime_dir = "{tmp}/run"\nlog_level = "warning"\n'
+        config.write_text(f'[daemon]\nruntime_dir = "{tmp}/run"\nstate_dir = "{tmp}/state"\n'
+                          f'log_level = "warning"\n'
                           f'[services.echo]\nhandler = "tacore.services.echo:Echo"\n'
                           f'workers = {workers}\n')
         self.proc = subprocess.Popen([TACORED, "--config", str(config)], stderr=subprocess.DEVNULL)

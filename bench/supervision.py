@@ -34,7 +34,7 @@ class Daemon:
     def __init__(self, workdir: Path, services: str):
         self.dir = workdir
         (workdir / "t.toml").write_text(
-            f'[daemon]\nruntime_dir = "{workdir}/run"\nlog_format = "json"\n'
+            f'[daemon]\nruntime_dir = "{workdir}/run"\nstate_dir = "{workdir}/state"\nlog_format = "json"\n'
             f'python_path = ["{ROOT}"]\n' + services)
         self.log = open(workdir / "log", "wb")
         self.proc = subprocess.Popen([TACORED, "--config", str(workdir / "t.toml")],

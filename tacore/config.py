@@ -87,7 +87,15 @@ class ControlConfig:
 
 @dataclass(frozen=True)
 class StateConfig:
+    enabled: bool = True
     sample_interval: float = 5.0
+    retention_days: float = 14.0
+    max_db_mb: float = 100.0
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen: str | None = None  # "127.0.0.1:9464"; off when None
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,7 @@ class Config:
     broker: BrokerConfig
     control: ControlConfig
     state: StateConfig
+    http: HttpConfig
     services: dict[str, ServiceConfig]
 
     def as_dict(self) -> dict:
@@ -107,6 +116,7 @@ class Config:
             "broker": _plain(self.broker),
             "control": _plain(self.control),
             "state": _plain(self.state),
+            "http": _plain(self.http),
             "services": {name: _plain(s) for name, s in self.services.items()},
         }
 
@@ -241,6 +251,19 @@ def key_directory(value):
     return str(path)
 
 
+def http_listen(value):
+    """HOST:PORT on a loopback address: the endpoint has no authentication."""
+    value = string(value)
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise _Invalid(f"must be HOST:PORT, got {value!r}", 'write e.g. "127.0.0.1:9464"')
+    if not is_loopback(f"tcp://{value}"):
+        raise _Invalid(f"{value!r} is reachable from other hosts and the HTTP endpoint has no "
+                       "authentication", "listen on 127.0.0.1 and scrape it locally or "
+                       "through a proxy")
+    return value
+
+
 def endpoint_list(value):
     if not isinstance(value, list) or not value:
         raise _Invalid(f"must be a non-empty list of endpoints, got {value!r}",
@@ -274,7 +297,9 @@ BROKER_KEYS = {"frontend": endpoint_list, "backend": endpoint, "heartbeat_interv
                "heartbeat_liveness": _integer(1), "max_message_size": _integer(1024),
                **CURVE_KEYS}
 CONTROL_KEYS = {"endpoint": endpoint, "group": group, **CURVE_KEYS}
-STATE_KEYS = {"sample_interval": duration}
+STATE_KEYS = {"enabled": boolean, "sample_interval": duration, "retention_days": duration,
+              "max_db_mb": duration}
+HTTP_KEYS = {"listen": http_listen}
 SERVICE_KEYS = {"handler": handler, "workers": _integer(0), "start_timeout": duration,
                 "request_timeout": duration, "stop_timeout": duration,
                 "max_restarts": _integer(0), "restart_window": duration,
@@ -283,9 +308,9 @@ SERVICE_KEYS = {"handler": handler, "workers": _integer(0), "start_timeout": dur
                 "retry_on_failure": boolean, "max_requests": _integer(0),
                 "max_requests_jitter": _integer(0), "max_memory_mb": _integer(0),
                 "config": table}
-SECTIONS = ("daemon", "broker", "control", "state", "services")
+SECTIONS = ("daemon", "broker", "control", "state", "http", "services")
 TABLES = {"daemon": DAEMON_KEYS, "broker": BROKER_KEYS, "control": CONTROL_KEYS,
-          "state": STATE_KEYS}
+          "state": STATE_KEYS, "http": HTTP_KEYS}
 
 
 def _suggest(word: str, choices) -> str:
@@ -383,7 +408,8 @@ def load(path, env=os.environ, import_handlers: bool = True) -> Config:
             _check_import(report, service)
     if report.lines:
         raise ConfigError(report.lines)
-    return Config(path, daemon, broker, control, StateConfig(**tables["state"]), services)
+    return Config(path, daemon, broker, control, StateConfig(**tables["state"]),
+                  HttpConfig(**tables["http"]), services)
 
 
 def _daemon(path: Path, values: dict, env) -> DaemonConfig:
@@ -537,6 +563,7 @@ def _read_sections(path: Path, wanted, error: ConfigError) -> dict:
 
 # Settings a running daemon cannot change: its sockets and directories are bound and made.
 NEEDS_RESTART = {"daemon": ("runtime_dir", "state_dir", "log_format"),
+                 "state": ("enabled",), "http": ("listen",),
                  "broker": ("frontend", "backend", "max_message_size", "curve_secret_key",
                             "curve_authorized_keys"),
                  "control": ("endpoint", "group", "curve_secret_key", "curve_authorized_keys")}

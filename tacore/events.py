@@ -35,6 +35,7 @@ PROTOCOL_ERROR = "protocol.error"
 REQUEST_TIMEOUT = "request.timeout"
 CONTROL_ERROR = "control.error"
 AUTH_REFUSED = "auth.refused"
+STATE_NOTICE = "state.notice"
 
 # Events an operator must see even at log_level = "warning".
 WARNING = frozenset({WORKER_START_TIMEOUT, WORKER_UNRESPONSIVE, REQUEST_TIMEOUT, WORKER_KILLED, WORKER_BACKOFF,

@@ -36,12 +36,13 @@ def toml_value(value) -> str:
 
 
 def write_config(path: Path, services: dict, daemon=None, broker=None, control=None,
-                 state=None) -> Path:
+                 state=None, http=None) -> Path:
     """Write a config with fast test timings; ``services`` maps name -> keys."""
     sections = {"daemon": {"runtime_dir": str(path.parent / "run"), "log_format": "json",
+                           "state_dir": str(path.parent / "state"),
                            "python_path": [str(ROOT)], **(daemon or {})},
                 "broker": {"heartbeat_interval": 0.2, **(broker or {})},
-                "control": control or {}, "state": state or {}}
+                "control": control or {}, "state": state or {}, "http": http or {}}
     lines = []
     for name, keys in sections.items():
         lines.append(f"[{name}]")

@@ -24,7 +24,7 @@ def test_workers_become_ready_and_status_shows_them(start_daemon):
     assert {c.pid for c in d.children()} == {w["pid"] for w in workers}
     wait_until(lambda: all(w["last_seen"] is not None and w["last_seen"] < 1.0
                            for w in d.workers("echo")), 5, "heartbeats from both workers")
-    assert d.call("health") == {"healthy": True, "problems": []}
+    assert d.call("health") == {"healthy": True, "problems": [], "warnings": []}
 
 
 def test_status_of_a_worker_that_never_reported(start_daemon):

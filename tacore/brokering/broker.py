@@ -25,6 +25,7 @@ from tacore import events as ev
 from tacore.brokering import protocol as mdp
 from tacore.brokering.protocol import ClientRequest
 from tacore.events import Event
+from tacore.observability.metrics import Histogram
 
 MMI_SERVICE = b"mmi.service"
 PROTOCOL_ERRORS_PER_SECOND = 20  # more than this are counted, not logged one by one
@@ -50,7 +51,8 @@ class Route:
     """One service's queue and idle workers."""
 
     __slots__ = ("name", "queue", "idle", "workers", "configured", "queue_limit",
-                 "queue_timeout", "request_timeout", "retry_on_failure", "requests")
+                 "queue_timeout", "request_timeout", "retry_on_failure", "requests",
+                 "by_status", "latency")
 
     def __init__(self, name: bytes, configured: bool, queue_limit: int, queue_timeout: float,
                  request_timeout: float, retry_on_failure: bool):
@@ -60,7 +62,13 @@ class Route:
         self.workers = 0  # registered workers, idle or busy
         self.queue_limit, self.queue_timeout = queue_limit, queue_timeout
         self.request_timeout, self.retry_on_failure = request_timeout, retry_on_failure
-        self.requests = 0
+        self.requests = 0  # accepted (queued or dispatched)
+        self.by_status: dict[bytes, int] = {}  # replies sent, by status code
+        self.latency = Histogram()  # arrival to reply, in seconds
+
+    def answered(self, status: bytes, seconds: float) -> None:
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+        self.latency.observe(seconds)
 
 
 class WorkerLink:
@@ -88,6 +96,7 @@ class Broker:
             for name, s in services.items()}
         self.workers: dict[bytes, WorkerLink] = {}
         self.stopping = False
+        self.unknown_service = 0  # requests answered "404"
         self.sequence = 0
         self.next_heartbeat = float("inf")  # set by start()
         self.next_expiry = float("inf")  # earliest queue or request deadline, maybe early
@@ -178,9 +187,15 @@ class Broker:
             code = b"501"
         self._send_client(mdp.client_reply(req.client, req.version, req.service, [code]))
 
-    def _error(self, req: ClientRequest, status: bytes, error: str, message: str) -> None:
+    def _error(self, req: ClientRequest, status: bytes, error: str, message: str,
+               now: float | None = None) -> None:
         body = [status, json.dumps({"error": error, "message": message}).encode()]
         self._send_client(mdp.client_reply(req.client, req.version, req.service, body))
+        route = self.routes.get(req.service)
+        if route is not None:
+            route.answered(status, (now if now is not None else req.arrived) - req.arrived)
+        else:
+            self.unknown_service += 1
 
     def _bad_client(self, frames: list[bytes], problem: str, now: float) -> None:
         self._protocol_error("frontend", problem, frames[0] if frames else b"", now)
@@ -252,6 +267,7 @@ class Broker:
         if req is None:
             return
         self._send_client(mdp.client_reply(req.client, req.version, req.service, msg.body))
+        link.route.answered(msg.body[0] if msg.body else b"", now - req.arrived)
         link.current, req.worker = None, None
         link.requests += 1
         self._release(link, now)
@@ -311,7 +327,7 @@ class Broker:
                 self._requeue(route, req, now)
             else:
                 self._error(req, b"502", "worker_died",
-                            "the worker died while handling the request")
+                            "the worker died while handling the request", now)
         if not route.configured and route.workers == 0 and not route.queue:
             del self.routes[route.name]  # an external-only service is gone with its workers
 
@@ -339,7 +355,8 @@ class Broker:
             route.configured = False
             while route.queue:
                 self._error(route.queue.popleft(), b"503", "service_removed",
-                            f"service {route.name.decode()!r} was removed from the configuration")
+                            f"service {route.name.decode()!r} was removed from the configuration",
+                            now)
             if route.workers == 0:
                 del self.routes[route.name]
 
@@ -365,7 +382,7 @@ class Broker:
         for route in self.routes.values():
             while route.queue:
                 self._error(route.queue.popleft(), b"503", "shutting_down",
-                            "the daemon is shutting down")
+                            "the daemon is shutting down", now)
 
     def tick(self, now: float) -> None:
         """Expire queued and running requests past their deadline; heartbeat idle workers."""
@@ -398,7 +415,7 @@ class Broker:
             while queue and queue[0].deadline <= now:
                 self._error(queue.popleft(), b"503", "no_worker",
                             f"no worker of {route.name.decode()!r} became available within "
-                            f"queue_timeout ({route.queue_timeout:g}s)")
+                            f"queue_timeout ({route.queue_timeout:g}s)", now)
             if queue:
                 earliest = min(earliest, queue[0].deadline)
         for link in list(self.workers.values()):
@@ -410,7 +427,7 @@ class Broker:
                 continue
             link.current = None  # answered here: a late reply finds no request
             self._error(req, b"504", "timeout", f"the request exceeded request_timeout "
-                        f"({link.route.request_timeout:g}s)")
+                        f"({link.route.request_timeout:g}s)", now)
             self._drop_link(link, now)
             if link.external:
                 self._send_worker(link.identity, link.version, mdp.DISCONNECT)

@@ -8,8 +8,8 @@ import click
 
 STATE_COLOURS = {"READY": "green", "BUSY": "cyan", "STARTING": "yellow", "STOPPING": "yellow",
                  "BACKOFF": "yellow", "FATAL": "red", "STOPPED": None}
-COLUMNS = ("SERVICE", "SLOT", "STATE", "PID", "UPTIME", "LAST SEEN", "REQUESTS", "RESTARTS",
-           "LAST EXIT")
+COLUMNS = ("SERVICE", "SLOT", "STATE", "PID", "UPTIME", "LAST SEEN", "REQUESTS", "CPU%", "RSS",
+           "RESTARTS", "LAST EXIT")
 
 
 def duration(seconds) -> str:
@@ -35,13 +35,17 @@ def status_table(status: dict) -> str:
     d = status["daemon"]
     lines = [f"tacored pid {d['pid']}, up {duration(d['uptime'])}, version {d['version']}, "
              f"config {d['config']}" + (" — STOPPING" if d["stopping"] else "")]
+    if d["persistence"]["enabled"] and d["persistence"]["degraded"]:
+        lines.append(click.style(f"persistence degraded: {d['persistence']['degraded']}",
+                                 fg="yellow"))
     rows = []
     for name, service in status["services"].items():
         for w in service["workers"]:
             state = w["state"] + (" (external)" if w["external"] else "")
             rows.append((name, "-" if w["slot"] is None else str(w["slot"]), state,
                          str(w["pid"] or "-"), duration(w["uptime"]), duration(w["last_seen"]),
-                         _requests(w), str(w["restarts"]), _exit_or_reason(w)))
+                         _requests(w), "-" if w["cpu_percent"] is None else f"{w['cpu_percent']:.1f}",
+                         _mb(w["rss_bytes"]), str(w["restarts"]), _exit_or_reason(w)))
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c)
               for i, c in enumerate(COLUMNS)]
     lines.append("  ".join(c.ljust(widths[i]) for i, c in enumerate(COLUMNS)).rstrip())
@@ -70,6 +74,75 @@ def _exit_or_reason(worker: dict) -> str:
 
 
 def health_text(health: dict) -> str:
-    if health["healthy"]:
-        return "healthy"
-    return "unhealthy:\n" + "\n".join(f"  {p}" for p in health["problems"])
+    text = "healthy" if health["healthy"] else "unhealthy:\n" + "\n".join(
+        f"  {p}" for p in health["problems"])
+    return text + "".join(f"\nwarning: {w}" for w in health.get("warnings", []))
+
+
+def event_line(event: dict) -> str:
+    """One event as a line (a stack follows, indented, when the event has one)."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["ts"]))
+    where = event["service"] or ""
+    if event["slot"] is not None:
+        where += f"/{event['slot']}"
+    skip = {"id", "ts", "event", "level", "service", "slot", "pid", "stack", "exception"}
+    fields = " ".join(f"{k}={v}" for k, v in event.items() if k not in skip and v is not None)
+    name = click.style(event["event"], fg={"warning": "yellow", "error": "red"}.get(
+        event["level"]), bold=event["level"] == "error")
+    line = f"{when}  {name}  {where}" + (f" pid {event['pid']}" if event["pid"] else "")
+    line += f"  {fields}" if fields else ""
+    block = event.get("stack") or event.get("exception")
+    if block:
+        line += "\n" + "\n".join(f"    {row}" for row in str(block).splitlines())
+    return line
+
+
+def _ms(seconds) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.2f}ms"
+
+
+def _mb(rss) -> str:
+    return "-" if rss is None else f"{rss / 2**20:.1f}MB"
+
+
+def metrics_table(metrics: dict) -> str:
+    d = metrics["daemon"]
+    lines = [f"daemon: cpu {d['cpu_percent'] if d['cpu_percent'] is not None else '-'}%, "
+             f"rss {_mb(d['rss_bytes'])}, loop lag {_ms(d['loop_lag_seconds'])}"
+             + (", persistence DEGRADED" if d["persistence_degraded"] else "")]
+    header = ("SERVICE", "REQUESTS", "ERRORS", "QUEUE", "READY", "P50", "P90", "P99")
+    rows = [(name, str(s["requests"]), str(s["errors"]), str(s["queue"]), str(s["ready"]),
+             _ms(s["latency"]["p50"]), _ms(s["latency"]["p90"]), _ms(s["latency"]["p99"]))
+            for name, s in metrics["services"].items()]
+    return "\n".join(lines + _table(header, rows))
+
+
+def _table(header, rows) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+            for row in (header, *rows)]
+
+
+def top_screen(status: dict, metrics: dict, previous, now: float) -> str:
+    """The workers with their figures; requests/s from the change since the last screen."""
+    before = {}
+    if previous is not None:
+        then, old = previous
+        before = {(n, w["pid"]): (w["requests"], now - then)
+                  for n, s in old["services"].items() for w in s["workers"]}
+    header = ("SERVICE", "SLOT", "STATE", "PID", "CPU%", "RSS", "REQ/S", "P99 (last interval)")
+    rows = []
+    for name, s in status["services"].items():
+        p99 = metrics["services"].get(name, {}).get("recent", {}).get("p99")
+        for w in s["workers"]:
+            served, elapsed = before.get((name, w["pid"]), (None, None))
+            rate = f"{(w['requests'] - served) / elapsed:.1f}" if served is not None else "-"
+            cpu = "-" if w["cpu_percent"] is None else f"{w['cpu_percent']:.1f}"
+            rows.append((name, "-" if w["slot"] is None else str(w["slot"]), w["state"],
+                         str(w["pid"] or "-"), cpu, _mb(w["rss_bytes"]), rate, _ms(p99)))
+    d = status["daemon"]
+    head = (f"tacored pid {d['pid']}  up {duration(d['uptime'])}  cpu "
+            f"{d['cpu_percent'] if d['cpu_percent'] is not None else '-'}%  "
+            f"rss {_mb(d['rss_bytes'])}")
+    return "\n".join([head, ""] + _table(header, rows))

@@ -2,8 +2,8 @@
 
 A command takes the daemon and its arguments and returns plain data, or a ``Later`` that the
 loop resolves (a stack dump takes a few milliseconds to arrive). Mutating commands record
-intent; the loop carries it out. Read-only commands: status, health, ping, dump. Mutating:
-restart, stop, start, scale, reload, shutdown.
+intent; the loop carries it out. Read-only commands: status, health, ping, dump, events,
+metrics. Mutating: restart, stop, start, scale, reload, shutdown, log_level.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from __future__ import annotations
 import time
 
 from tacore import __version__
+from tacore.config import LOG_LEVELS
+from tacore.observability.prometheus import exposition
 
 SERVING = ("READY", "BUSY")
-READ_ONLY = frozenset({"status", "health", "ping", "dump"})
+READ_ONLY = frozenset({"status", "health", "ping", "dump", "events", "metrics"})
 
 
 class CommandError(Exception):
@@ -80,6 +82,35 @@ def dump(daemon, args: dict) -> Later:
     return later
 
 
+def events(daemon, args: dict) -> list[dict]:
+    since, service, after_id = args.get("since"), args.get("service"), args.get("after_id")
+    limit = args.get("limit", 1000)
+    if since is not None and (isinstance(since, bool) or not isinstance(since, (int, float))):
+        raise CommandError("since must be a Unix time in seconds")
+    if service is not None and not isinstance(service, str):
+        raise CommandError("service must be a name")
+    for name, value in (("after_id", after_id), ("limit", limit)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 0):
+            raise CommandError(f"{name} must be a whole number >= 0")
+    return daemon.events(since=since, service=service, after_id=after_id,
+                         limit=min(limit, 100_000))
+
+
+def metrics(daemon, args: dict):
+    if args.get("format") == "prometheus":
+        return exposition(daemon.metrics()).decode()
+    return daemon.metrics()
+
+
+def log_level(daemon, args: dict) -> dict:
+    level = args.get("level")
+    if level not in LOG_LEVELS:
+        raise CommandError(f"level must be one of {', '.join(LOG_LEVELS)}")
+    daemon.set_log_level(level)
+    return {"log_level": level}
+
+
 def shutdown(daemon, args: dict) -> dict:
     daemon.shutdown(time.monotonic(), "tacorectl shutdown")
     return {"stopping": True}
@@ -87,7 +118,8 @@ def shutdown(daemon, args: dict) -> dict:
 
 COMMANDS = {"status": status, "health": health, "ping": ping, "restart": restart, "stop": stop,
             "start": start, "scale": scale, "reload": reload, "dump": dump,
-            "shutdown": shutdown}
+            "shutdown": shutdown, "events": events, "metrics": metrics,
+            "log_level": log_level}
 
 
 def _target(args: dict) -> tuple[str, int | None]:
@@ -114,9 +146,13 @@ def assess_health(status: dict) -> dict:
     Each failing service gets one line saying why, e.g.
     "ta: 0/2 ready (min_ready 1); slot 0 FATAL: 6 failures within 60s (6 start_timeout)".
     """
-    problems = []
+    problems, warnings = [], []
     if status["daemon"]["stopping"]:
         problems.append("daemon: shutting down")
+    persistence = status["daemon"]["persistence"]
+    if persistence["enabled"] and persistence["degraded"]:
+        warnings.append(f"persistence degraded ({persistence['degraded']}): events are kept "
+                        "in memory only")
     for name, service in status["services"].items():
         own = [w for w in service["workers"] if not w["external"]]
         if not own or service["removing"]:
@@ -128,7 +164,7 @@ def assess_health(status: dict) -> dict:
                for w in own if w["state"] not in SERVING]
         problems.append(f"{name}: {ready}/{len(own)} ready (min_ready {service['min_ready']})"
                         + (f"; {'; '.join(why)}" if why else ""))
-    return {"healthy": not problems, "problems": problems}
+    return {"healthy": not problems, "problems": problems, "warnings": warnings}
 
 
 def _detail(worker: dict) -> str:

@@ -1,17 +1,22 @@
 """The daemon: one loop that owns all state.
 
-    run():  bind → start workers → loop { wait, dispatch, fire deadlines } → close
+    run():  bind → start workers → loop { wait, dispatch, fire deadlines, flush } → close
 
-The loop polls the backend and control sockets, the signal wake-up socket and every worker's
-sentinel and stack pipe. Nothing else runs: no threads, no callbacks from elsewhere.
+The loop polls the frontend, backend and control sockets (and the HTTP endpoint and the ZAP
+socket when configured), the signal wake-up socket and every worker's sentinel and stack pipe.
+Nothing else runs: no threads, no callbacks from elsewhere. Events go to the log at once and to
+the state database at the end of the tick (one transaction), never on the request path.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import signal
 import time
 
+import psutil
 import zmq
 
 from tacore import __version__
@@ -19,13 +24,17 @@ from tacore import events as ev
 from tacore.brokering.broker import Broker
 from tacore import config as configuration
 from tacore.config import Config, kept_as_running, restart_needed
+from tacore.control.commands import assess_health
 from tacore.control.server import ControlServer
-from tacore.daemon import sockets
+from tacore.daemon import sockets, views
 from tacore.daemon.security import CurveGuard, client_keys
 from tacore.daemon.signals import SignalPipe
 from tacore.events import Event
 from tacore.errors import ConfigError
+from tacore.observability.http import HttpEndpoint
 from tacore.observability.logging import configure_logging, log_event
+from tacore.observability.prometheus import exposition
+from tacore.persistence.store import Store
 from tacore.supervision.supervisor import Supervisor
 
 # The loop wakes at least this often even with nothing due, as a guard against a lost deadline.
@@ -46,12 +55,22 @@ class Daemon:
         self.bound: list[str] = []
         self.next_sample = 0.0
         self.guard = None
+        self.http = None
+        state = config.state
+        self.store = Store(config.daemon.state_dir / "tacore.db", state.retention_days,
+                           state.max_db_mb, enabled=state.enabled)
+        self.me = psutil.Process()
+        self.figures = {"cpu_percent": None, "rss_bytes": None, "loop_lag_seconds": 0.0}
+        self.loop_lag = 0.0  # the largest lateness since the last sample
+        self.latency_marks: dict = {}  # service -> histogram copy at the last sample
+        self.recent_latency: dict = {}  # service -> quantiles over the last sample interval
 
     # --- the whole life -----------------------------------------------------------------
 
     def run(self) -> int:
         """Bind, serve until a stop signal and every worker has exited, then clean up."""
         try:
+            self.store.open(time.monotonic())
             self._bind()
             self.signals = SignalPipe()
             self._watch(self.signals.fileno(), self._on_signal)
@@ -64,8 +83,11 @@ class Daemon:
                 "control": self.config.control.endpoint}))
             while not (self.stopping and self.supervisor.all_stopped()):
                 self._wait_and_dispatch()
-                self._fire_deadlines(time.monotonic())
+                now = time.monotonic()
+                self._fire_deadlines(now)
+                self._flush(now)
             self.emit(Event(ev.DAEMON_STOPPED, {"pid": self.pid}))
+            self._flush(time.monotonic())
             return 0
         finally:
             self._close()
@@ -93,11 +115,17 @@ class Daemon:
         self._watch(self.frontend, self.broker.on_frontend)
         self._watch(self.backend, self.broker.on_backend)
         self._watch(self.control_sock, self.control.on_readable)
+        if self.config.http.listen:
+            sock = self._socket(zmq.STREAM, [f"tcp://{self.config.http.listen}"], "http")
+            self.http = HttpEndpoint(sock, {"/metrics": self._http_metrics,
+                                            "/healthz": self._http_health,
+                                            "/status": self._http_status})
+            self._watch(sock, self.http.on_readable)
 
     def _socket(self, kind: int, endpoints, what: str, keys=None, group=None) -> zmq.Socket:
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
-        if what != "control":  # a larger message disconnects its sender (libzmq enforces it)
+        if what in ("frontend", "backend"):  # a larger message disconnects its sender
             sock.setsockopt(zmq.MAXMSGSIZE, self.config.broker.max_message_size)
         if keys is not None and keys.curve_secret_key:
             self.guard.protect(sock, f"tacore.{what}", keys.curve_secret_key,
@@ -117,6 +145,7 @@ class Daemon:
         if self.guard is not None:
             self.guard.close()
         self.ctx.destroy(linger=0)
+        self.store.close()
         for endpoint in self.bound:
             sockets.unlink_ipc(endpoint)
         if self.lock is not None:
@@ -130,7 +159,10 @@ class Daemon:
                                  self.next_sample) if d is not None]
         timeout = min([MAX_POLL] + [max(0.0, d - now) for d in deadlines])
         polled_at = self.registrations
-        for source, _ in self.poller.poll(timeout * 1000):
+        ready = self.poller.poll(timeout * 1000)
+        if not ready and deadlines:  # woke for a deadline: how late?
+            self.loop_lag = max(self.loop_lag, time.monotonic() - min(deadlines))
+        for source, _ in ready:
             handler, registered = self.handlers.get(source, (None, None))
             # Skip a source an earlier handler in this batch unwatched, or whose descriptor
             # number was reused by a newer registration: the event was for the old one.
@@ -141,8 +173,50 @@ class Daemon:
         self.broker.tick(now)
         self.supervisor.tick(now)
         if now >= self.next_sample:
-            self.supervisor.sample(now)
+            self._sample(now)
             self.next_sample = now + self.config.state.sample_interval
+
+    def _sample(self, now: float) -> None:
+        """Every sample_interval: worker and daemon figures, latency over the interval, and a
+        row of each into the state database."""
+        self.supervisor.sample(now)
+        try:
+            with self.me.oneshot():
+                self.figures = {"cpu_percent": self.me.cpu_percent(None),
+                                "rss_bytes": self.me.memory_info().rss,
+                                "loop_lag_seconds": round(self.loop_lag, 6)}
+        except psutil.Error:
+            pass
+        self.loop_lag = 0.0
+        for name, route in self.broker.routes.items():
+            mark = self.latency_marks.get(name)
+            window = route.latency.since(mark) if mark else route.latency
+            self.latency_marks[name] = route.latency.copy()
+            self.recent_latency[name.decode(errors="replace")] = window.summary()
+        self._store_samples(time.time())
+
+    def _store_samples(self, ts: float) -> None:
+        metrics = self.metrics()
+        self.store.add_samples("worker_samples", [
+            (ts, w["service"], w["slot"], w["pid"], w["state"], w["cpu_percent"],
+             w["rss_bytes"], w["threads"], w["fds"], w["requests"])
+            for w in metrics["workers"]])
+        self.store.add_samples("service_samples", [
+            (ts, name, s["requests"], s["errors"], s["queue"], s["ready"],
+             *(s["recent"].get(q) for q in ("p50", "p90", "p99")))
+            for name, s in metrics["services"].items()])
+        d = metrics["daemon"]
+        self.store.add_samples("daemon_samples",
+                               [(ts, d["cpu_percent"], d["rss_bytes"], d["loop_lag_seconds"])])
+
+    def _flush(self, now: float) -> None:
+        """The end of a tick: commit queued events and samples; report what the store says."""
+        self.store.flush(now)
+        while self.store.notices:
+            notice = self.store.notices.pop(0)
+            log_event(self.log, Event(ev.STATE_NOTICE, {"message": notice,
+                                                        "database": str(self.store.path)},
+                                      severity="warning"))
 
     def _watch(self, source, handler) -> None:
         self.registrations += 1
@@ -155,6 +229,7 @@ class Daemon:
 
     def emit(self, event: Event) -> None:
         log_event(self.log, event)
+        self.store.add_event(event.ts, event.name, event.level, event.context)
 
     # --- what the parts tell each other -------------------------------------------------
 
@@ -219,46 +294,32 @@ class Daemon:
     def service_fatal(self, service: str) -> bool:
         return self.supervisor.service_fatal(service)
 
-    # --- what the control commands read -------------------------------------------------
+    # --- what the control commands and the HTTP endpoint read ---------------------------
 
     def status(self) -> dict:
-        now = time.monotonic()
-        services = {}
-        for name, entry in self.supervisor.snapshot(now).items():
-            identities = [s.worker.identity if s.worker else None
-                          for s in self.supervisor.services[name].slots]
-            for worker, identity in zip(entry["workers"], identities):
-                worker.update(_link_view(self.broker.link(identity) if identity else None, now))
-            service = entry["config"]
-            services[name] = {"workers": entry["workers"], "configured": service.workers,
-                              "desired": entry["desired"], "min_ready": service.min_ready,
-                              "rolling": entry["rolling"], "removing": entry["removing"]}
-        for link in self.broker.external_workers():
-            name = link.route.name.decode(errors="replace")
-            entry = services.setdefault(name, {"workers": [], "configured": 0, "desired": 0,
-                                               "min_ready": 0, "rolling": 0, "removing": False})
-            entry["workers"].append({
-                "slot": None, "state": "BUSY" if link.current else "READY", "pid": None,
-                "restarts": 0, "uptime": round(now - link.registered, 3), "state_for": None,
-                "last_exit": None, "backoff_remaining": None, "fatal_reason": None,
-                "draining": None, "replacing": False, "cpu_percent": None, "rss_bytes": None,
-                "external": True, "identity": link.identity.hex(), **_link_view(link, now)})
-        for name, entry in services.items():
-            route = self.broker.routes.get(name.encode())
-            entry["ready"] = sum(w["state"] in ("READY", "BUSY") for w in entry["workers"])
-            entry["queue"] = len(route.queue) if route else 0
-            entry["requests"] = route.requests if route else 0
-        return {"daemon": {"pid": self.pid, "version": __version__,
-                           "config": str(self.config.path),
-                           "uptime": round(now - self.started, 3),
-                           "started_at": self.started_wall, "stopping": self.stopping,
-                           "frontend": list(self.config.broker.frontend)},
-                "services": services}
+        return views.status(self, time.monotonic())
 
+    def metrics(self) -> dict:
+        return views.metrics(self, time.monotonic())
 
-def _link_view(link, now: float) -> dict:
-    """What the broker knows of a worker: heard from when, served how many, busy how long."""
-    if link is None:
-        return {"last_seen": None, "requests": 0, "request_age": None}
-    return {"last_seen": round(now - link.last_seen, 3), "requests": link.requests,
-            "request_age": round(now - link.current.arrived, 3) if link.current else None}
+    def events(self, **query) -> list[dict]:
+        self.store.flush(time.monotonic())  # what happened this tick is included
+        return self.store.events(**query)
+
+    def set_log_level(self, level: str) -> None:
+        """From now on, for the daemon and for every worker started from now on."""
+        self.log = configure_logging(level, self.config.daemon.log_format)
+        daemon = dataclasses.replace(self.config.daemon, log_level=level)
+        self.config = dataclasses.replace(self.config, daemon=daemon)
+        self.supervisor.config = self.config
+
+    def _http_metrics(self):
+        return 200, "text/plain; version=0.0.4; charset=utf-8", exposition(self.metrics())
+
+    def _http_health(self):
+        health = assess_health(self.status())
+        body = "healthy\n" if health["healthy"] else "\n".join(health["problems"]) + "\n"
+        return (200 if health["healthy"] else 503), "text/plain; charset=utf-8", body.encode()
+
+    def _http_status(self):
+        return 200, "application/json", json.dumps(self.status()).encode()

@@ -76,6 +76,8 @@ class Slot:
             "replacing": self.replaces is not None,
             "cpu_percent": self.figures.get("cpu_percent"),
             "rss_bytes": self.figures.get("rss_bytes"),
+            "threads": self.figures.get("threads"),
+            "fds": self.figures.get("fds"),
             "external": False,
         }
 

@@ -1,0 +1,87 @@
+"""What the daemon shows: status and metrics, assembled from the supervisor and the broker."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from tacore import __version__
+
+SERVING = ("READY", "BUSY")
+NO_FIGURES = {"cpu_percent": None, "rss_bytes": None}
+
+
+def status(daemon, now: float) -> dict:
+    services = {}
+    for name, entry in daemon.supervisor.snapshot(now).items():
+        identities = [s.worker.identity if s.worker else None
+                      for s in daemon.supervisor.services[name].slots]
+        for worker, identity in zip(entry["workers"], identities):
+            worker.update(_link_view(daemon.broker.link(identity) if identity else None, now))
+        service = entry["config"]
+        services[name] = {"workers": entry["workers"], "configured": service.workers,
+                          "desired": entry["desired"], "min_ready": service.min_ready,
+                          "rolling": entry["rolling"], "removing": entry["removing"]}
+    for link in daemon.broker.external_workers():
+        name = link.route.name.decode(errors="replace")
+        entry = services.setdefault(name, {"workers": [], "configured": 0, "desired": 0,
+                                           "min_ready": 0, "rolling": 0, "removing": False})
+        entry["workers"].append({
+            "slot": None, "state": "BUSY" if link.current else "READY", "pid": None,
+            "restarts": 0, "uptime": round(now - link.registered, 3), "state_for": None,
+            "last_exit": None, "backoff_remaining": None, "fatal_reason": None,
+            "draining": None, "replacing": False, **NO_FIGURES, "external": True,
+            "identity": link.identity.hex(), **_link_view(link, now)})
+    for name, entry in services.items():
+        route = daemon.broker.routes.get(name.encode())
+        entry["ready"] = sum(w["state"] in SERVING for w in entry["workers"])
+        entry["queue"] = len(route.queue) if route else 0
+        entry["requests"] = route.requests if route else 0
+    return {"daemon": {"pid": daemon.pid, "version": __version__,
+                       "config": str(daemon.config.path),
+                       "uptime": round(now - daemon.started, 3),
+                       "started_at": daemon.started_wall, "stopping": daemon.stopping,
+                       "frontend": list(daemon.config.broker.frontend),
+                       "persistence": daemon.store.status(), **daemon.figures},
+            "services": services}
+
+
+def _link_view(link, now: float) -> dict:
+    """What the broker knows of a worker: heard from when, served how many, busy how long."""
+    if link is None:
+        return {"last_seen": None, "requests": 0, "request_age": None}
+    return {"last_seen": round(now - link.last_seen, 3), "requests": link.requests,
+            "request_age": round(now - link.current.arrived, 3) if link.current else None}
+
+
+def metrics(daemon, now: float) -> dict:
+    """Counters, latency histograms (cumulative, and quantiles over the last sample interval)
+    and sampled figures: what `tacorectl metrics`, /metrics and the state database show."""
+    current = status(daemon, now)
+    services = {}
+    for name, entry in current["services"].items():
+        route = daemon.broker.routes.get(name.encode())
+        by_status = {k.decode(errors="replace"): v for k, v in route.by_status.items()} \
+            if route else {}
+        latency = route.latency if route else None
+        services[name] = {
+            "requests": entry["requests"], "by_status": by_status,
+            "errors": sum(v for k, v in by_status.items() if k != "200"),
+            "queue": entry["queue"], "ready": entry["ready"],
+            "workers_by_state": dict(Counter(w["state"] for w in entry["workers"])),
+            "restarts": sum(w["restarts"] for w in entry["workers"]),
+            "latency": {"buckets": latency.cumulative() if latency else [],
+                        **(latency.summary() if latency else {"count": 0, "sum": 0.0})},
+            "recent": daemon.recent_latency.get(name, {}),
+        }
+    workers = [{"service": name, "slot": w["slot"], "pid": w["pid"], "state": w["state"],
+                "requests": w["requests"], "cpu_percent": w["cpu_percent"],
+                "rss_bytes": w["rss_bytes"], "threads": w.get("threads"), "fds": w.get("fds")}
+               for name, entry in current["services"].items() for w in entry["workers"]
+               if not w["external"]]
+    d = current["daemon"]
+    return {"daemon": {"uptime": d["uptime"], "cpu_percent": d["cpu_percent"],
+                       "rss_bytes": d["rss_bytes"], "loop_lag_seconds": d["loop_lag_seconds"],
+                       "persistence_degraded": int(d["persistence"]["degraded"] is not None
+                                                   and d["persistence"]["enabled"]),
+                       "unknown_service_requests": daemon.broker.unknown_service},
+            "services": services, "workers": workers}

@@ -1,0 +1,1 @@
+"""The state database: events and metric samples (SQLite), owned by the daemon."""
