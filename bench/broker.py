@@ -75,10 +75,13 @@ class ProxySetup:
 # --- tacore ----------------------------------------------------------------------------------
 
 class TacoreSetup:
+    persist = True
+
     def __init__(self, tmp: Path, workers: int):
         config = tmp / "tacore.toml"
         config.write_text(f'[daemon]\nruntime_dir = "{tmp}/run"\nstate_dir = "{tmp}/state"\n'
                           f'log_level = "warning"\n'
+                          f'[state]\nenabled = {str(self.persist).lower()}\n'
                           f'[services.echo]\nhandler = "tacore.services.echo:Echo"\n'
                           f'workers = {workers}\n')
         self.proc = subprocess.Popen([TACORED, "--config", str(config)], stderr=subprocess.DEVNULL)
@@ -102,6 +105,15 @@ class TacoreSetup:
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(30)
+
+
+class TacoreNoStateSetup(TacoreSetup):
+    """tacore with [state] enabled = false: the cost of persistence, by difference."""
+
+    persist = False
+
+
+SETUPS = {"proxy": ProxySetup, "tacore": TacoreSetup, "tacore-nostate": TacoreNoStateSetup}
 
 
 # --- the load generator -------------------------------------------------------------------------
@@ -167,16 +179,20 @@ def main():
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--body", type=int, default=64, help="request body size in bytes")
+    parser.add_argument("--setups", default="proxy,tacore",
+                        help=f"comma-separated, from {', '.join(SETUPS)}; the first is the "
+                             "reference for the ratios")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    kinds = args.setups.split(",")
     clients = [int(c) for c in args.clients.split(",")]
     params = "x" * max(0, args.body - len(json.dumps({"method": "echo", "params": ""})))
     body = json.dumps({"method": "echo", "params": params}).encode()
-    runs = {(kind, c): [] for kind in ("proxy", "tacore") for c in clients}
+    runs = {(kind, c): [] for kind in kinds for c in clients}
     with tempfile.TemporaryDirectory(prefix="tcb-") as tmp:
         for _ in range(args.rounds):
-            for kind, cls in (("proxy", ProxySetup), ("tacore", TacoreSetup)):
-                setup = cls(Path(tmp), args.workers)
+            for kind in kinds:
+                setup = SETUPS[kind](Path(tmp), args.workers)
                 try:
                     for c in clients:
                         runs[kind, c].append(measure(setup, c, body, args.seconds))
@@ -185,16 +201,20 @@ def main():
     results = {"machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()},
                "workers": args.workers, "body_bytes": len(body), "rounds": args.rounds,
                "seconds": args.seconds, "runs": {}}
-    print(f"{'clients':>7}  {'setup':<7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  ratio (same round)")
+    reference = kinds[0]
+    print(f"{'clients':>7}  {'setup':<14} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  "
+          f"ratio to {reference} (same round)")
     for c in clients:
-        ratios = [t["rps"] / p["rps"] for t, p in zip(runs["tacore", c], runs["proxy", c])]
-        for kind in ("proxy", "tacore"):
+        for kind in kinds:
             med = {k: statistics.median(r[k] for r in runs[kind, c]) for k in ("rps", "p50_ms", "p99_ms")}
             results["runs"][f"{kind}/{c}"] = {**med, "all": runs[kind, c]}
-            extra = f"  {statistics.median(ratios):.2f} ({', '.join(f'{r:.2f}' for r in ratios)})" \
-                if kind == "tacore" else ""
-            print(f"{c:>7}  {kind:<7} {med['rps']:>8.0f} {med['p50_ms']:>8.3f} {med['p99_ms']:>8.3f}{extra}")
-        results["runs"][f"ratio/{c}"] = statistics.median(ratios)
+            extra = ""
+            if kind != reference:
+                ratios = [t["rps"] / p["rps"] for t, p in zip(runs[kind, c], runs[reference, c])]
+                results["runs"][f"ratio/{kind}/{c}"] = statistics.median(ratios)
+                extra = f"  {statistics.median(ratios):.2f} ({', '.join(f'{r:.2f}' for r in ratios)})"
+            print(f"{c:>7}  {kind:<14} {med['rps']:>8.0f} {med['p50_ms']:>8.3f} "
+                  f"{med['p99_ms']:>8.3f}{extra}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
