@@ -130,9 +130,10 @@ def start_daemon(workdir):
     started = []
 
     def start(services: dict, wait_ready: bool = True, control_socket: bool = True,
-              **sections) -> RunningDaemon:
+              env: dict | None = None, **sections) -> RunningDaemon:
         config = write_config(workdir / "tacore.toml", services, **sections)
-        d = RunningDaemon(config, workdir / f"daemon{len(started)}.log")
+        d = RunningDaemon(config, workdir / f"daemon{len(started)}.log",
+                          env={**os.environ, **env} if env else None)
         started.append(d)
         ready_file = d.runtime / ("control.sock" if control_socket else "frontend.sock")
         wait_until(lambda: os.path.exists(ready_file) or d.proc.poll() is not None,

@@ -28,7 +28,9 @@ from tacore.control.commands import assess_health
 from tacore.control.server import ControlServer
 from tacore.daemon import sockets, views
 from tacore.daemon.security import CurveGuard, client_keys
+from tacore.daemon.notify import Notifier
 from tacore.daemon.signals import SignalPipe
+from tacore.daemon.views import pool_summary
 from tacore.events import Event
 from tacore.errors import ConfigError
 from tacore.observability.http import HttpEndpoint
@@ -64,6 +66,9 @@ class Daemon:
         self.loop_lag = 0.0  # the largest lateness since the last sample
         self.latency_marks: dict = {}  # service -> histogram copy at the last sample
         self.recent_latency: dict = {}  # service -> quantiles over the last sample interval
+        self.notifier = Notifier()  # before any fork: workers must not inherit NOTIFY_SOCKET
+        self.ready_sent = False
+        self.next_status = 0.0
 
     # --- the whole life -----------------------------------------------------------------
 
@@ -86,6 +91,7 @@ class Daemon:
                 now = time.monotonic()
                 self._fire_deadlines(now)
                 self._flush(now)
+                self._notify(now)
             self.emit(Event(ev.DAEMON_STOPPED, {"pid": self.pid}))
             self._flush(time.monotonic())
             return 0
@@ -146,6 +152,7 @@ class Daemon:
             self.guard.close()
         self.ctx.destroy(linger=0)
         self.store.close()
+        self.notifier.close()
         for endpoint in self.bound:
             sockets.unlink_ipc(endpoint)
         if self.lock is not None:
@@ -156,7 +163,8 @@ class Daemon:
     def _wait_and_dispatch(self) -> None:
         now = time.monotonic()
         deadlines = [d for d in (self.supervisor.next_deadline(), self.broker.next_deadline(),
-                                 self.next_sample) if d is not None]
+                                 self.next_sample, self.notifier.next_watchdog or None)
+                     if d is not None]
         timeout = min([MAX_POLL] + [max(0.0, d - now) for d in deadlines])
         polled_at = self.registrations
         ready = self.poller.poll(timeout * 1000)
@@ -209,6 +217,21 @@ class Daemon:
         self.store.add_samples("daemon_samples",
                                [(ts, d["cpu_percent"], d["rss_bytes"], d["loop_lag_seconds"])])
 
+    def _notify(self, now: float) -> None:
+        """systemd: READY once every service is up (or FATAL), a STATUS line, the watchdog."""
+        if not self.notifier.active:
+            return
+        self.notifier.watchdog(now)
+        if self.stopping or (self.ready_sent and now < self.next_status):
+            return
+        summary, settled = pool_summary(self.status()["services"])
+        if not self.ready_sent and settled:
+            self.notifier.ready(summary)
+            self.ready_sent = True
+        elif self.ready_sent:
+            self.notifier.set_status(summary)
+        self.next_status = now + 1.0
+
     def _flush(self, now: float) -> None:
         """The end of a tick: commit queued events and samples; report what the store says."""
         self.store.flush(now)
@@ -248,6 +271,7 @@ class Daemon:
         if self.stopping:
             return
         self.stopping = True
+        self.notifier.stopping()
         self.emit(Event(ev.DAEMON_STOPPING, {"signal": why,
                                              "drain_timeout": self.config.daemon.stop_timeout}))
         self.broker.stop_accepting(now)
@@ -255,9 +279,11 @@ class Daemon:
 
     def reload(self) -> dict:
         """Re-read and validate the file; keep running on the old one if it is invalid."""
+        self.notifier.reloading()
         try:
             config = configuration.load(self.config.path)
         except ConfigError as e:
+            self.notifier.ready(self.notifier.status or "running")
             self.emit(Event(ev.DAEMON_RELOAD_FAILED, {"config": str(self.config.path),
                                                       "errors": e.errors,
                                                       "action": "still running on the previous configuration"}))
@@ -273,6 +299,7 @@ class Daemon:
         self.config = config
         result = {"ok": True, **report, "not_applied": not_applied}
         self.emit(Event(ev.DAEMON_RELOAD, {"config": str(config.path), **result}))
+        self.notifier.ready(pool_summary(self.status()["services"])[0])
         return result
 
     # --- the broker's hooks: what it tells the daemon about workers ----------------------

@@ -85,3 +85,18 @@ def metrics(daemon, now: float) -> dict:
                                                    and d["persistence"]["enabled"]),
                        "unknown_service_requests": daemon.broker.unknown_service},
             "services": services, "workers": workers}
+
+
+def pool_summary(services: dict) -> tuple[str, bool]:
+    """"echo 2/2, ta 2/2 ready" (with FATAL slots named), and whether every service has
+    reached min_ready or has a FATAL slot (start-up is over either way)."""
+    parts, fatal, settled = [], [], True
+    for name, service in services.items():
+        own = [w for w in service["workers"] if not w["external"]]
+        ready = sum(w["state"] in SERVING for w in own)
+        parts.append(f"{name} {ready}/{len(own)}")
+        dead = [f"{name}/{w['slot']}" for w in own if w["state"] == "FATAL"]
+        fatal += dead
+        settled &= ready >= service["min_ready"] or bool(dead)
+    text = ", ".join(parts) + " ready" + (f"; FATAL: {', '.join(fatal)}" if fatal else "")
+    return text, settled
