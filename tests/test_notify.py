@@ -8,6 +8,7 @@ import time
 import pytest
 
 from tests.helpers import wait_until
+from tests.mdp import call
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def test_notify_sequence(start_daemon, systemd):
     """READY once min_ready workers are READY (not before), WATCHDOG at half WATCHDOG_USEC, RELOADING then READY
     on SIGHUP, STOPPING on SIGTERM; workers never see NOTIFY_SOCKET."""
     path, received = systemd
-    d = start_daemon({"tool": {"handler": "tests.workers:SlowStart", "workers": 2,
+    d = start_daemon({"tool": {"handler": "tests.workers:SlowTool", "workers": 2,
                                "min_ready": 2, "config": {"seconds": 0.3}}},
                      env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"}, wait_ready=False)
     wait_until(lambda: any("READY" in m for m in received()), 10, "READY=1")
@@ -48,9 +49,10 @@ def test_notify_sequence(start_daemon, systemd):
     t0 = time.monotonic()
     wait_until(lambda: sum("WATCHDOG" in m for m in received()) >= 5, 5, "watchdog pings")
     assert time.monotonic() - t0 < 1.5  # about every 0.1 s
-    for w in d.workers("tool"):
-        with open(f"/proc/{w['pid']}/environ", "rb") as f:
-            assert b"NOTIFY_SOCKET" not in f.read()
+    frontend = f"ipc://{d.runtime}/frontend.sock"
+    for variable in ("NOTIFY_SOCKET", "WATCHDOG_USEC"):
+        assert call(frontend, "tool", "environ", variable) == ("200", None)
+    assert call(frontend, "tool", "environ", "PATH")[1]  # the check itself works
     d.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: any("RELOADING" in m for m in received()), 5, "RELOADING=1")
     reloading = index_of(received(), "RELOADING")

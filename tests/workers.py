@@ -63,13 +63,15 @@ class SlowStart:
 
 
 class Tool:
-    """A service whose methods misbehave on demand: echo, pid, sleep, raise, bad."""
+    """A service whose methods misbehave on demand: echo, pid, environ, sleep, raise, bad."""
 
     def handle(self, method, params):
         if method == "echo":
             return params
         if method == "pid":
             return os.getpid()
+        if method == "environ":
+            return os.environ.get(params)
         if method == "sleep":
             time.sleep(params)  # SLEEPS-HERE
             return params
@@ -102,3 +104,10 @@ class Hog:
     def handle(self, method, params):
         self.kept.append(bytearray(params * 2**20))
         return len(self.kept)
+
+
+class SlowTool(Tool):
+    """Tool, after a start() that takes config["seconds"]."""
+
+    def start(self, config):
+        time.sleep(config.get("seconds", 0.5))
