@@ -5,13 +5,38 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 CONFIG ?= etc/tacore.toml
 
-.PHONY: run test check clean
+PREFIX ?= /opt/tacore
+SYSCONFDIR ?= /etc/tacore
+UNITDIR ?= /etc/systemd/system
+INSTALL_FROM ?= .
+PIP_ARGS ?=
+
+.PHONY: run test test-systemd check bench install clean
 
 run: $(STAMP)  ## start tacored in the foreground on the default config
 	$(BIN)/tacored --config $(CONFIG)
 
 test: $(STAMP)  ## run the whole test suite
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-systemd: $(STAMP)  ## boot a real systemd in a container and test the unit (root)
+	bash tests/systemd/run.sh
+
+bench: $(STAMP)  ## broker throughput against zmq.proxy, supervision timings, state size
+	$(BIN)/python bench/broker.py
+	$(BIN)/python bench/supervision.py
+	$(BIN)/python bench/state_size.py
+
+install:  ## as root: venv in $(PREFIX), $(SYSCONFDIR)/tacore.toml, the systemd unit
+	$(PYTHON) -m venv $(PREFIX)
+	$(PREFIX)/bin/pip install --quiet $(PIP_ARGS) $(INSTALL_FROM)
+	install -d -m 0755 $(SYSCONFDIR)
+	test -e $(SYSCONFDIR)/tacore.toml || sed \
+		-e 's|^# runtime_dir = "/run/tacore"|runtime_dir = "/run/tacore"|' \
+		-e 's|^# state_dir = "/var/lib/tacore"|state_dir = "/var/lib/tacore"|' \
+		etc/tacore.toml > $(SYSCONFDIR)/tacore.toml
+	install -D -m 0644 systemd/tacore.service $(UNITDIR)/tacore.service
+	-systemctl daemon-reload 2>/dev/null
 
 check: $(STAMP)  ## validate the configuration and print it
 	$(BIN)/tacored --check --config $(CONFIG)
