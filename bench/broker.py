@@ -1,17 +1,23 @@
-"""Broker throughput and latency: tacore next to a plain zmq.proxy, measured in one run.
+"""Broker throughput and latency: tacore next to zmq.proxy and to no broker, in one run.
 
-    .venv/bin/python bench/broker.py [--workers 4] [--clients 8,32] [--seconds 3] [--rounds 3]
-                                     [--body 64] [--json out.json]
+    .venv/bin/python bench/broker.py [--workers 2,4] [--clients 1,8,32] [--big-clients 8]
+                                     [--body 64] [--big-body 65536] [--seconds 3] [--rounds 3]
+                                     [--setups proxy,direct,tacore] [--json out.json]
 
-For each round and each client count, the same load generator drives, one after the other:
+Setups, each with N echo workers doing the same work per request (tacore's body convention:
+decode the JSON request, call the handler, encode the JSON reply):
 
-- ``proxy``:  zmq.proxy(ROUTER, DEALER) in its own process (C) with N plain REP echo workers;
-- ``tacore``: tacored with an ``echo`` service of N workers (Majordomo, JSON body convention).
+- ``proxy``:  zmq.proxy(ROUTER, DEALER) in its own process (C, the ceiling for a broker) with
+  REP workers;
+- ``direct``: the clients' REQ sockets connected straight to the REP workers (no broker: the
+  floor for latency);
+- ``tacore``: tacored with an ``echo`` service of N workers (Majordomo, supervision,
+  heartbeats, metrics and all); ``tacore-nostate``: the same with ``[state] enabled = false``.
 
 The load generator runs the client sockets in two processes, each multiplexing its REQ sockets
-on one poller, so it is not the bottleneck it would be with one socket per process. Figures are
-medians over the rounds; the ratio tacore/proxy is computed within each round (the machine is
-shared and noisy: only same-round ratios mean anything).
+on one poller; its CPU use is reported so that a saturated generator shows. Rounds interleave
+the setups; figures are medians over rounds, and ratios to the first setup are computed within
+each round (the machine is shared and noisy: only same-round ratios mean anything).
 """
 
 from __future__ import annotations
@@ -30,11 +36,26 @@ from pathlib import Path
 
 import zmq
 
+from tacore.runtime.child import _decode_request
+
 TACORED = str(Path(sys.executable).with_name("tacored"))
 LOAD_PROCESSES = 2
 
 
-# --- the reference: zmq.proxy with plain echo workers ----------------------------------------
+def _answer(body: bytes) -> list[bytes]:
+    """What tacore's worker runtime does for the echo service."""
+    method, params = _decode_request([body])
+    return [b"200", json.dumps(params).encode()]
+
+
+def _rep_worker(endpoint: str, bind: bool) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.REP)
+    sock.bind(endpoint) if bind else sock.connect(endpoint)
+    while True:
+        (body,) = sock.recv_multipart()
+        sock.send_multipart(_answer(body))
+
 
 def _proxy(front: str, back: str) -> None:
     ctx = zmq.Context()
@@ -44,27 +65,15 @@ def _proxy(front: str, back: str) -> None:
     zmq.proxy(frontend, backend)
 
 
-def _echo_worker(back: str) -> None:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.REP)
-    sock.connect(back)
-    while True:
-        sock.send_multipart(sock.recv_multipart())
+class Processes:
+    """Helper processes of a reference setup, killed at the end."""
 
-
-class ProxySetup:
-    def __init__(self, tmp: Path, workers: int):
-        self.endpoint = f"ipc://{tmp}/proxy-front.sock"
-        back = f"ipc://{tmp}/proxy-back.sock"
+    def __init__(self, targets):
         ctx = multiprocessing.get_context("fork")
-        self.procs = [ctx.Process(target=_proxy, args=(self.endpoint, back), daemon=True)]
-        self.procs += [ctx.Process(target=_echo_worker, args=(back,), daemon=True)
-                       for _ in range(workers)]
+        self.procs = [ctx.Process(target=t, args=a, daemon=True) for t, a in targets]
         for p in self.procs:
             p.start()
-
-    def request(self, body: bytes) -> list[bytes]:
-        return [body]
+        time.sleep(0.3)  # let them bind and connect before the load starts
 
     def stop(self):
         for p in self.procs:
@@ -72,10 +81,29 @@ class ProxySetup:
             p.join()
 
 
-# --- tacore ----------------------------------------------------------------------------------
+class ProxySetup(Processes):
+    def __init__(self, tmp: Path, workers: int):
+        self.endpoints = [f"ipc://{tmp}/proxy-front.sock"]
+        back = f"ipc://{tmp}/proxy-back.sock"
+        super().__init__([(_proxy, (self.endpoints[0], back))] +
+                         [(_rep_worker, (back, False))] * workers)
+
+    def request(self, body: bytes) -> list[bytes]:
+        return [body]
+
+
+class DirectSetup(Processes):
+    def __init__(self, tmp: Path, workers: int):
+        self.endpoints = [f"ipc://{tmp}/direct-{i}.sock" for i in range(workers)]
+        super().__init__([(_rep_worker, (e, True)) for e in self.endpoints])
+
+    def request(self, body: bytes) -> list[bytes]:
+        return [body]
+
 
 class TacoreSetup:
     persist = True
+    prefetch = 4  # set from --prefetch
 
     def __init__(self, tmp: Path, workers: int):
         config = tmp / "tacore.toml"
@@ -83,16 +111,16 @@ class TacoreSetup:
                           f'log_level = "warning"\n'
                           f'[state]\nenabled = {str(self.persist).lower()}\n'
                           f'[services.echo]\nhandler = "tacore.services.echo:Echo"\n'
-                          f'workers = {workers}\n')
+                          f'workers = {workers}\nprefetch = {self.prefetch}\n')
         self.proc = subprocess.Popen([TACORED, "--config", str(config)], stderr=subprocess.DEVNULL)
-        self.endpoint = f"ipc://{tmp}/run/frontend.sock"
+        self.endpoints = [f"ipc://{tmp}/run/frontend.sock"]
         from tacore.control.client import ControlClient
         control = ControlClient(f"ipc://{tmp}/run/control.sock", timeout=1)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                workers_ = control.call("status")["services"]["echo"]["workers"]
-                if all(w["state"] == "READY" for w in workers_):
+                if all(w["state"] == "READY" for w in
+                       control.call("status")["services"]["echo"]["workers"]):
                     return
             except Exception:
                 pass
@@ -113,25 +141,28 @@ class TacoreNoStateSetup(TacoreSetup):
     persist = False
 
 
-SETUPS = {"proxy": ProxySetup, "tacore": TacoreSetup, "tacore-nostate": TacoreNoStateSetup}
+SETUPS = {"proxy": ProxySetup, "direct": DirectSetup, "tacore": TacoreSetup,
+          "tacore-nostate": TacoreNoStateSetup}
 
 
 # --- the load generator -------------------------------------------------------------------------
 
-def _load(endpoint: str, request: list[bytes], sockets: int, seconds: float, out) -> None:
-    """Keep ``sockets`` REQ sockets busy for ``seconds``; report every latency (ns)."""
+def _load(endpoints, request, sockets: int, seconds: float, out) -> None:
+    """Keep ``sockets`` REQ sockets busy for ``seconds``; report latencies (ns) and CPU."""
     ctx = zmq.Context()
     poller = zmq.Poller()
     socks = []
     for _ in range(sockets):
         s = ctx.socket(zmq.REQ)
         s.setsockopt(zmq.LINGER, 0)
-        s.connect(endpoint)
+        for endpoint in endpoints:
+            s.connect(endpoint)
         poller.register(s, zmq.POLLIN)
         socks.append(s)
     time.sleep(0.2)  # let the connections finish before the clock starts
     latencies, sent_at = [], {}
     clock = time.perf_counter_ns
+    cpu0 = time.process_time()
     end = time.monotonic() + seconds
     for s in socks:
         sent_at[s] = clock()
@@ -143,78 +174,96 @@ def _load(endpoint: str, request: list[bytes], sockets: int, seconds: float, out
             latencies.append(now - sent_at[s])
             sent_at[s] = now
             s.send_multipart(request)
-    out.send(latencies)
+    out.send((latencies, (time.process_time() - cpu0) / seconds))
     ctx.destroy(linger=0)
 
 
 def measure(setup, clients: int, body: bytes, seconds: float) -> dict:
     ctx = multiprocessing.get_context("fork")
     pipes, procs = [], []
-    for i in range(LOAD_PROCESSES):
+    for i in range(min(LOAD_PROCESSES, clients)):
         share = clients // LOAD_PROCESSES + (1 if i < clients % LOAD_PROCESSES else 0)
-        if share == 0:
-            continue
         parent, child = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_load, args=(setup.endpoint, setup.request(body), share, seconds,
-                                            child))
+        p = ctx.Process(target=_load, args=(setup.endpoints, setup.request(body), share,
+                                            seconds, child))
         p.start()
         pipes.append(parent)
         procs.append(p)
-    latencies = []
+    latencies, cpu = [], []
     for pipe in pipes:
-        latencies += pipe.recv()
+        lat, share = pipe.recv()
+        latencies += lat
+        cpu.append(share)
     for p in procs:
         p.join()
     latencies.sort()
     pct = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] / 1e6  # noqa: E731
     return {"rps": round(len(latencies) / seconds), "p50_ms": round(pct(0.50), 3),
-            "p99_ms": round(pct(0.99), 3)}
+            "p99_ms": round(pct(0.99), 3), "loadgen_cpu": round(max(cpu), 2)}
+
+
+def body_of(size: int) -> bytes:
+    params = "x" * max(0, size - len(json.dumps({"method": "echo", "params": ""})))
+    return json.dumps({"method": "echo", "params": params}).encode()
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--clients", default="8,32")
+    parser.add_argument("--workers", default="2,4")
+    parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--big-clients", default="8", help="client counts for --big-body")
+    parser.add_argument("--body", type=int, default=64)
+    parser.add_argument("--big-body", type=int, default=65536)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--body", type=int, default=64, help="request body size in bytes")
-    parser.add_argument("--setups", default="proxy,tacore",
+    parser.add_argument("--setups", default="proxy,direct,tacore",
                         help=f"comma-separated, from {', '.join(SETUPS)}; the first is the "
-                             "reference for the ratios")
+                             "reference of the ratios")
+    parser.add_argument("--prefetch", type=int, default=4, help="tacore's [services] prefetch")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     kinds = args.setups.split(",")
-    clients = [int(c) for c in args.clients.split(",")]
-    params = "x" * max(0, args.body - len(json.dumps({"method": "echo", "params": ""})))
-    body = json.dumps({"method": "echo", "params": params}).encode()
-    runs = {(kind, c): [] for kind in kinds for c in clients}
+    TacoreSetup.prefetch = args.prefetch
+    loads = [(int(c), args.body) for c in args.clients.split(",") if c] + \
+            [(int(c), args.big_body) for c in args.big_clients.split(",") if c]
+    runs = {}
     with tempfile.TemporaryDirectory(prefix="tcb-") as tmp:
-        for _ in range(args.rounds):
-            for kind in kinds:
-                setup = SETUPS[kind](Path(tmp), args.workers)
-                try:
-                    for c in clients:
-                        runs[kind, c].append(measure(setup, c, body, args.seconds))
-                finally:
-                    setup.stop()
-    results = {"machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()},
-               "workers": args.workers, "body_bytes": len(body), "rounds": args.rounds,
-               "seconds": args.seconds, "runs": {}}
+        for workers in (int(w) for w in args.workers.split(",")):
+            for _ in range(args.rounds):
+                for kind in kinds:
+                    setup = SETUPS[kind](Path(tmp), workers)
+                    try:
+                        for clients, size in loads:
+                            runs.setdefault((workers, clients, size, kind), []).append(
+                                measure(setup, clients, body_of(size), args.seconds))
+                    finally:
+                        setup.stop()
+    report(runs, kinds, args)
+
+
+def report(runs: dict, kinds: list[str], args) -> None:
     reference = kinds[0]
-    print(f"{'clients':>7}  {'setup':<14} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  "
-          f"ratio to {reference} (same round)")
-    for c in clients:
-        for kind in kinds:
-            med = {k: statistics.median(r[k] for r in runs[kind, c]) for k in ("rps", "p50_ms", "p99_ms")}
-            results["runs"][f"{kind}/{c}"] = {**med, "all": runs[kind, c]}
-            extra = ""
-            if kind != reference:
-                ratios = [t["rps"] / p["rps"] for t, p in zip(runs[kind, c], runs[reference, c])]
-                results["runs"][f"ratio/{kind}/{c}"] = statistics.median(ratios)
-                extra = f"  {statistics.median(ratios):.2f} ({', '.join(f'{r:.2f}' for r in ratios)})"
-            print(f"{c:>7}  {kind:<14} {med['rps']:>8.0f} {med['p50_ms']:>8.3f} "
-                  f"{med['p99_ms']:>8.3f}{extra}")
+    results = {"machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()},
+               "rounds": args.rounds, "seconds": args.seconds, "runs": []}
+    print(f"{'workers':>7} {'clients':>7} {'body':>6}  {'setup':<14} {'req/s':>8} {'p50 ms':>8} "
+          f"{'p99 ms':>8} {'gen cpu':>7}  ratio to {reference} (same round)")
+    for (workers, clients, size, kind), rounds in runs.items():
+        med = {k: statistics.median(r[k] for r in rounds)
+               for k in ("rps", "p50_ms", "p99_ms", "loadgen_cpu")}
+        row = {"workers": workers, "clients": clients, "body": size, "setup": kind, **med,
+               "rounds": rounds}
+        extra = ""
+        if kind != reference:
+            base = runs[workers, clients, size, reference]
+            ratios = [t["rps"] / p["rps"] for t, p in zip(rounds, base)]
+            p99 = [t["p99_ms"] / p["p99_ms"] for t, p in zip(rounds, base)]
+            row["ratio"], row["p99_ratio"] = statistics.median(ratios), statistics.median(p99)
+            extra = (f"  {row['ratio']:.2f} ({', '.join(f'{r:.2f}' for r in ratios)}); "
+                     f"p99 x{row['p99_ratio']:.2f}")
+        results["runs"].append(row)
+        print(f"{workers:>7} {clients:>7} {size:>6}  {kind:<14} {med['rps']:>8.0f} "
+              f"{med['p50_ms']:>8.3f} {med['p99_ms']:>8.3f} {med['loadgen_cpu']:>7.2f}{extra}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

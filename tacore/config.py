@@ -50,6 +50,7 @@ class ServiceConfig:
     queue_limit: int = 100
     queue_timeout: float = 10.0
     retry_on_failure: bool = False
+    prefetch: int = 4
     max_requests: int = 0
     max_requests_jitter: int = 0
     max_memory_mb: int = 0
@@ -305,7 +306,7 @@ SERVICE_KEYS = {"handler": handler, "workers": _integer(0), "start_timeout": dur
                 "max_restarts": _integer(0), "restart_window": duration,
                 "min_ready": _integer(0), "backoff_initial": duration,
                 "backoff_max": duration, "queue_limit": _integer(0), "queue_timeout": duration,
-                "retry_on_failure": boolean, "max_requests": _integer(0),
+                "retry_on_failure": boolean, "prefetch": _integer(1), "max_requests": _integer(0),
                 "max_requests_jitter": _integer(0), "max_memory_mb": _integer(0),
                 "config": table}
 SECTIONS = ("daemon", "broker", "control", "state", "http", "services")

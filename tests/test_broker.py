@@ -115,7 +115,7 @@ def test_queue_full_and_queue_timeout_are_503(start_daemon):
     """One busy worker, queue_limit 1: the third request is refused at once, the second
     waits queue_timeout and is refused."""
     d = start_daemon({"tool": {**TOOL["tool"], "workers": 1, "request_timeout": 10,
-                               "queue_limit": 1, "queue_timeout": 0.5}})
+                               "queue_limit": 1, "queue_timeout": 0.5, "prefetch": 1}})
     ep, results = frontend(d), {}
     first = threading.Thread(target=lambda: results.update(a=call(ep, "tool", "sleep", 2)))
     first.start()
@@ -142,7 +142,7 @@ def test_fatal_service_is_503_at_once(start_daemon):
 
 def test_shutdown_answers_waiting_and_new_requests_503(start_daemon):
     """SIGTERM: queued requests get "503", the running one finishes with "200"."""
-    d = start_daemon({"tool": {**TOOL["tool"], "workers": 1, "stop_timeout": 5}})
+    d = start_daemon({"tool": {**TOOL["tool"], "workers": 1, "stop_timeout": 5, "prefetch": 1}})
     ep, results = frontend(d), {}
     running = threading.Thread(target=lambda: results.update(a=call(ep, "tool", "sleep", 1)))
     running.start()
@@ -258,3 +258,56 @@ def test_reply_to_a_vanished_client_leaves_nothing_behind(start_daemon):
     assert worker["requests"] == 1 and worker["request_age"] is None
     assert d.status()["services"]["tool"]["queue"] == 0
     assert call(frontend(d), "tool", "echo", 2) == ("200", 2)
+
+
+def _calls(endpoint, *calls):
+    """Start calls in threads, in order (each one sent after the previous is in the daemon)."""
+    results, threads = {}, []
+    for key, method, params in calls:
+        t = threading.Thread(target=lambda k=key, m=method, p=params:
+                             results.update({k: call(endpoint, "tool", m, p, timeout=20)}))
+        t.start()
+        threads.append(t)
+    return results, threads
+
+
+def test_prefetched_request_survives_its_workers_death(start_daemon):
+    """Prefetch 2: the request waiting behind a running one never started, so when the worker
+    dies it is served by the replacement; only the running one gets "502"."""
+    d = start_daemon({"tool": {**TOOL["tool"], "workers": 1, "prefetch": 2,
+                               "request_timeout": 30}})
+    pid = d.workers("tool")[0]["pid"]
+    results, threads = _calls(frontend(d), ("running", "sleep", 30))
+    wait_until(lambda: d.workers("tool")[0]["state"] == "BUSY", 5, "busy")
+    more, more_threads = _calls(frontend(d), ("waiting", "echo", "second"))
+    wait_until(lambda: (s := d.status()["services"]["tool"])["requests"] == 2 and
+               s["queue"] == 0, 5, "both in the worker")
+    os.kill(pid, signal.SIGKILL)
+    for t in threads + more_threads:
+        t.join(15)
+    assert results["running"][0] == "502"
+    assert more["waiting"] == ("200", "second")
+
+
+def test_prefetched_request_clock_starts_when_it_does(start_daemon):
+    """request_timeout counts from the moment a request starts, not from when it was sent."""
+    d = start_daemon({"tool": {**TOOL["tool"], "workers": 1, "prefetch": 2,
+                               "request_timeout": 0.8}})
+    results, threads = _calls(frontend(d), ("a", "sleep", 0.5))
+    wait_until(lambda: d.workers("tool")[0]["state"] == "BUSY", 5, "busy")
+    more, more_threads = _calls(frontend(d), ("b", "sleep", 0.5))
+    for t in threads + more_threads:
+        t.join(10)
+    assert results["a"] == ("200", 0.5) and more["b"] == ("200", 0.5)  # b: 1 s after sending
+
+
+def test_timeout_of_the_running_request_requeues_the_next(start_daemon):
+    """The running request times out ("504"); the one behind it is served elsewhere."""
+    d = start_daemon({"tool": {**TOOL["tool"], "workers": 1, "prefetch": 2,
+                               "request_timeout": 0.5}})
+    results, threads = _calls(frontend(d), ("stuck", "sleep", 60))
+    wait_until(lambda: d.workers("tool")[0]["state"] == "BUSY", 5, "busy")
+    more, more_threads = _calls(frontend(d), ("next", "echo", 1))
+    for t in threads + more_threads:
+        t.join(15)
+    assert results["stuck"][0] == "504" and more["next"] == ("200", 1)

@@ -25,7 +25,7 @@ def test_valid_commands(frames, command, service):
 def test_replies_carry_client_and_body():
     """A 0.1 REPLY and a 0.2 PARTIAL/FINAL keep the client address and every body frame."""
     v1 = mdp.parse_worker([ID, b"", b"MDPW01", b"\x03", b"client", b"", b"200", b"{}"])
-    assert (v1.command, v1.client, v1.body) == (mdp.REPLY, b"client", (b"200", b"{}"))
+    assert (v1.command, v1.client, list(v1.body)) == (mdp.REPLY, b"client", [b"200", b"{}"])
     v2 = mdp.parse_worker([ID, b"MDPW02", b"\x03", b"c", b"", b"x"])
     assert v2.command == mdp.PARTIAL
     assert mdp.parse_worker([ID, b"MDPW02", b"\x04", b"c", b"", b"x"]).command == mdp.REPLY

@@ -1,8 +1,13 @@
 """The Majordomo broker: clients on the frontend, workers on the backend, one reply per request.
 
-Routing: per service, a FIFO queue of waiting requests and a least-recently-used deque of idle
-workers; a worker holds one request at a time. Every request ends in exactly one reply to its
-client: the worker's answer, or an error the broker makes itself ("404" unknown service,
+Routing: per service, a FIFO queue of waiting requests and least-recently-used deques of
+workers with free credit: idle ones first, then ones that could take one more. An external
+worker holds one request at a time (as MDP assumes); the daemon's own workers may hold
+``prefetch`` requests, so they never wait for the broker between two requests. A worker
+handles its requests in order: only the first is running, and its request_timeout starts when
+the one before it is answered; the others have not started, so if the worker dies or times
+out they are given to another worker, not failed. Every request ends in exactly one reply to
+its client: the worker's answer, or an error the broker makes itself ("404" unknown service,
 "503" unavailable, "502" worker died, "504" request timeout). The broker never parses bodies.
 
 Workers (the daemon's children and external MDP workers) say READY on the backend; idle ones
@@ -23,6 +28,7 @@ import zmq
 
 from tacore import events as ev
 from tacore.brokering import protocol as mdp
+from tacore.brokering.frames import recv_frames, send_frames
 from tacore.brokering.protocol import ClientRequest
 from tacore.events import Event
 from tacore.observability.metrics import Histogram
@@ -42,6 +48,7 @@ class Hooks(Protocol):
 
     def worker_expired(self, identity: bytes, now: float, silent_for: float) -> None: ...
     def worker_busy(self, identity: bytes, busy: bool, now: float) -> None: ...
+    def worker_replied(self, identity: bytes, now: float) -> None: ...
     def request_timed_out(self, identity: bytes, now: float, age: float) -> None: ...
     def service_fatal(self, service: str) -> bool: ...
     def emit(self, event: Event) -> None: ...
@@ -50,16 +57,18 @@ class Hooks(Protocol):
 class Route:
     """One service's queue and idle workers."""
 
-    __slots__ = ("name", "queue", "idle", "workers", "configured", "queue_limit",
-                 "queue_timeout", "request_timeout", "retry_on_failure", "requests",
-                 "by_status", "latency")
+    __slots__ = ("name", "queue", "idle", "spare", "workers", "configured", "queue_limit",
+                 "queue_timeout", "request_timeout", "retry_on_failure", "prefetch",
+                 "requests", "by_status", "latency")
 
     def __init__(self, name: bytes, configured: bool, queue_limit: int, queue_timeout: float,
-                 request_timeout: float, retry_on_failure: bool):
+                 request_timeout: float, retry_on_failure: bool, prefetch: int = 1):
         self.name, self.configured = name, configured
         self.queue: deque[ClientRequest] = deque()
-        self.idle: deque[WorkerLink] = deque()
+        self.idle: deque[WorkerLink] = deque()  # no request: first choice
+        self.spare: deque[WorkerLink] = deque()  # some requests, room for more
         self.workers = 0  # registered workers, idle or busy
+        self.prefetch = prefetch
         self.queue_limit, self.queue_timeout = queue_limit, queue_timeout
         self.request_timeout, self.retry_on_failure = request_timeout, retry_on_failure
         self.requests = 0  # accepted (queued or dispatched)
@@ -70,19 +79,47 @@ class Route:
         self.by_status[status] = self.by_status.get(status, 0) + 1
         self.latency.observe(seconds)
 
+    def take(self) -> "WorkerLink | None":
+        """The worker to give the next request to, if any has free credit."""
+        if self.idle:
+            link = self.idle.popleft()
+        elif self.spare:
+            link = self.spare.popleft()
+        else:
+            return None
+        link.offered = None
+        return link
+
+    def offer(self, link: "WorkerLink") -> None:
+        """``link`` has free credit (and is in no deque)."""
+        link.offered = self.spare if link.inflight else self.idle
+        link.offered.append(link)
+
+    def withdraw(self, link: "WorkerLink") -> None:
+        if link.offered is not None:
+            link.offered.remove(link)
+            link.offered = None
+
 
 class WorkerLink:
     """What the broker knows of one registered worker."""
 
     __slots__ = ("identity", "route", "version", "external", "last_seen", "registered",
-                 "current", "requests", "retiring")
+                 "inflight", "capacity", "offered", "requests", "retiring")
 
     def __init__(self, identity: bytes, route: Route, version: int, external: bool, now: float):
         self.identity, self.route, self.version, self.external = identity, route, version, external
         self.last_seen = self.registered = now
-        self.current: ClientRequest | None = None
+        self.inflight: deque[ClientRequest] = deque()  # in order; the first is running
+        self.capacity = 1 if external else route.prefetch
+        self.offered: deque | None = None  # the route deque it waits in
         self.requests = 0
         self.retiring = False
+
+    @property
+    def current(self) -> ClientRequest | None:
+        """The request the worker is running now."""
+        return self.inflight[0] if self.inflight else None
 
 
 class Broker:
@@ -92,7 +129,7 @@ class Broker:
         self.interval, self.expiry = heartbeat_interval, heartbeat_interval * liveness
         self.routes: dict[bytes, Route] = {
             name.encode(): Route(name.encode(), True, s.queue_limit, s.queue_timeout,
-                                 s.request_timeout, s.retry_on_failure)
+                                 s.request_timeout, s.retry_on_failure, s.prefetch)
             for name, s in services.items()}
         self.workers: dict[bytes, WorkerLink] = {}
         self.stopping = False
@@ -109,10 +146,10 @@ class Broker:
 
     def on_frontend(self, now: float) -> None:
         """Route every request waiting on the frontend socket."""
-        recv = self.frontend.recv_multipart
+        frontend = self.frontend
         while True:
             try:
-                frames = recv(zmq.NOBLOCK)
+                frames = recv_frames(frontend)
             except zmq.Again:
                 return
             try:
@@ -132,9 +169,9 @@ class Broker:
                         f"no service named {req.service.decode(errors='replace')!r}")
         elif self.stopping:
             self._error(req, b"503", "shutting_down", "the daemon is shutting down")
-        elif route.idle:
+        elif route.idle or route.spare:
             route.requests += 1
-            self._dispatch(route.idle.popleft(), req, now)
+            self._dispatch(route.take(), req, now)
         elif route.workers == 0 and self.hooks.service_fatal(route.name.decode()):
             self._error(req, b"503", "service_fatal",
                         f"service {route.name.decode()!r} is FATAL: no worker will start until "
@@ -151,28 +188,42 @@ class Broker:
                 self.next_expiry = req.deadline
 
     def _dispatch(self, link: WorkerLink, req: ClientRequest, now: float) -> None:
-        """Give ``req`` to the idle ``link``; on a vanished peer, put it back at the front."""
+        """Give ``req`` to ``link`` (taken from the route's deques); on a vanished peer, put
+        it back at the front of the queue."""
         self.sequence += 1
         req.token = self.sequence.to_bytes(8, "big")
-        req.deadline = now + link.route.request_timeout
         try:
-            self.backend.send_multipart(
-                mdp.worker_request(link.identity, link.version, req.token, req.body), zmq.NOBLOCK)
+            send_frames(self.backend,
+                        mdp.worker_request(link.identity, link.version, req.token, req.body))
         except zmq.ZMQError:  # its connection is gone (ROUTER_MANDATORY) or it is flooded
             self._drop_link(link, now)
             self._requeue(link.route, req, now)
             return
-        link.current, req.worker = req, link
+        req.worker = link
+        link.inflight.append(req)
+        if len(link.inflight) == 1:
+            self._started(req, link, now)
+            if not link.external:
+                self.hooks.worker_busy(link.identity, True, now)
+        else:
+            req.deadline = None  # waiting in the worker: its clock starts with it
+        if len(link.inflight) < link.capacity and not link.retiring:
+            link.route.offer(link)
+
+    def _started(self, req: ClientRequest, link: WorkerLink, now: float) -> None:
+        req.deadline = now + link.route.request_timeout
         if req.deadline < self.next_expiry:
             self.next_expiry = req.deadline
-        if not link.external:
-            self.hooks.worker_busy(link.identity, True, now)
 
     def _requeue(self, route: Route, req: ClientRequest, now: float) -> None:
         """A request that has not been answered goes first in line again."""
         req.worker = None
-        if route.idle:
-            self._dispatch(route.idle.popleft(), req, now)
+        if self.stopping:
+            self._error(req, b"503", "shutting_down", "the daemon is shutting down", now)
+            return
+        link = route.take()
+        if link is not None:
+            self._dispatch(link, req, now)
         else:
             req.deadline = now + route.queue_timeout
             route.queue.appendleft(req)
@@ -206,7 +257,7 @@ class Broker:
 
     def _send_client(self, frames: list) -> None:
         try:
-            self.frontend.send_multipart(frames, zmq.NOBLOCK)
+            send_frames(self.frontend, frames)
         except zmq.ZMQError:
             pass  # the client went away or stopped reading: its reply is dropped, nothing kept
 
@@ -214,10 +265,10 @@ class Broker:
 
     def on_backend(self, now: float) -> None:
         """Handle every message waiting on the backend socket."""
-        recv, workers = self.backend.recv_multipart, self.workers
+        backend, workers = self.backend, self.workers
         while True:
             try:
-                frames = recv(zmq.NOBLOCK)
+                frames = recv_frames(backend)
             except zmq.Again:
                 return
             try:
@@ -250,16 +301,21 @@ class Broker:
         self._release(link, now)
 
     def _release(self, link: WorkerLink, now: float) -> None:
-        """The worker is free: the next queued request, or the idle deque (LRU at the front)."""
+        """The worker has free credit: fill it from the queue, or offer it to the route."""
         route = link.route
         if link.retiring:  # being stopped: it takes nothing new, and the daemon must know
-            self.hooks.worker_busy(link.identity, False, now)
+            if not link.inflight:
+                self.hooks.worker_busy(link.identity, False, now)
             return
-        if route.queue:
+        route.withdraw(link)
+        while route.queue and len(link.inflight) < link.capacity:
             self._dispatch(link, route.queue.popleft(), now)
-            return
-        route.idle.append(link)
-        if not link.external:
+            if link.identity not in self.workers:
+                return  # the send failed: the link is gone, the request requeued
+            route.withdraw(link)
+        if len(link.inflight) < link.capacity:
+            route.offer(link)
+        if not link.inflight and not link.external:
             self.hooks.worker_busy(link.identity, False, now)
 
     def _reply(self, msg: mdp.WorkerMessage, link: WorkerLink | None, now: float) -> None:
@@ -268,9 +324,15 @@ class Broker:
             return
         self._send_client(mdp.client_reply(req.client, req.version, req.service, msg.body))
         link.route.answered(msg.body[0] if msg.body else b"", now - req.arrived)
-        link.current, req.worker = None, None
+        link.inflight.popleft()
+        req.worker = None
         link.requests += 1
-        self._release(link, now)
+        if not link.external:
+            self.hooks.worker_replied(link.identity, now)
+        if link.inflight:
+            self._started(link.inflight[0], link, now)  # the worker goes on with the next one
+        if link.identity in self.workers:  # (the daemon may have dropped it meanwhile)
+            self._release(link, now)
 
     def _partial(self, msg: mdp.WorkerMessage, link: WorkerLink | None, now: float) -> None:
         req = self._current_for(msg, link, now)
@@ -279,13 +341,13 @@ class Broker:
 
     def _current_for(self, msg, link, now) -> ClientRequest | None:
         """The request a reply answers; a reply nobody asked for is refused or dropped."""
-        if link is None or link.current is None:
+        if link is None or not link.inflight:
             self._refuse(msg, "a reply without a request", now)
             return None
-        if msg.client != link.current.token:
+        if msg.client != link.inflight[0].token:
             self._protocol_error("backend", "a reply for another request", msg.identity, now)
             return None
-        return link.current
+        return link.inflight[0]
 
     def _heartbeat(self, msg: mdp.WorkerMessage, link: WorkerLink | None, now: float) -> None:
         if link is None:
@@ -305,28 +367,28 @@ class Broker:
 
     def _send_worker(self, identity: bytes, version: int, command: str) -> None:
         try:
-            self.backend.send_multipart(mdp.worker_command(identity, version, command),
-                                        zmq.NOBLOCK)
+            send_frames(self.backend, mdp.worker_command(identity, version, command))
         except zmq.ZMQError:
             pass  # the peer is gone (ROUTER_MANDATORY) or its queue is full: nothing to tell
 
     def _drop_link(self, link: WorkerLink, now: float) -> None:
-        """Unregister a worker; a request it was handling is retried once or answered 502."""
+        """Unregister a worker. Its running request is retried once or answered "502"; the
+        ones waiting behind it never started, so they go back to the front of the queue."""
         if self.workers.pop(link.identity, None) is None:
             return
         route = link.route
         route.workers -= 1
-        try:
-            route.idle.remove(link)
-        except ValueError:
-            pass
-        req, link.current = link.current, None
-        if req is not None:
-            if route.retry_on_failure and not req.retried:
-                req.retried = True
+        route.withdraw(link)
+        inflight, link.inflight = link.inflight, deque()
+        if inflight:
+            running = inflight.popleft()
+            for req in reversed(inflight):
                 self._requeue(route, req, now)
+            if route.retry_on_failure and not running.retried:
+                running.retried = True
+                self._requeue(route, running, now)
             else:
-                self._error(req, b"502", "worker_died",
+                self._error(running, b"502", "worker_died",
                             "the worker died while handling the request", now)
         if not route.configured and route.workers == 0 and not route.queue:
             del self.routes[route.name]  # an external-only service is gone with its workers
@@ -342,14 +404,15 @@ class Broker:
         self.interval, self.expiry = heartbeat_interval, heartbeat_interval * liveness
         self.next_heartbeat = min(self.next_heartbeat, now + self.interval)
         for name, s in services.items():
-            settings = (s.queue_limit, s.queue_timeout, s.request_timeout, s.retry_on_failure)
+            settings = (s.queue_limit, s.queue_timeout, s.request_timeout, s.retry_on_failure,
+                        s.prefetch)
             route = self.routes.get(name.encode())
             if route is None:
                 self.routes[name.encode()] = Route(name.encode(), True, *settings)
             else:
                 route.configured = True
                 (route.queue_limit, route.queue_timeout, route.request_timeout,
-                 route.retry_on_failure) = settings
+                 route.retry_on_failure, route.prefetch) = settings
         for route in [r for r in self.routes.values()
                       if r.configured and r.name.decode() not in services]:
             route.configured = False
@@ -371,10 +434,7 @@ class Broker:
         link = self.workers.get(identity)
         if link is not None:
             link.retiring = True
-            try:
-                link.route.idle.remove(link)
-            except ValueError:
-                pass
+            link.route.withdraw(link)
 
     def stop_accepting(self, now: float) -> None:
         """Shutdown: new requests get "503"; queued ones are answered "503" now."""
@@ -398,13 +458,13 @@ class Broker:
             for link in self.workers.values():
                 link.last_seen = max(link.last_seen, now)
         for link in [w for w in self.workers.values()
-                     if w.current is None and now - w.last_seen > self.expiry]:
+                     if not w.inflight and now - w.last_seen > self.expiry]:
             self._drop_link(link, now)
             if link.external:
                 self._send_worker(link.identity, link.version, mdp.DISCONNECT)
             self.hooks.worker_expired(link.identity, now, now - link.last_seen)
         for link in list(self.workers.values()):
-            if link.current is None:
+            if not link.inflight:
                 self._send_worker(link.identity, link.version, mdp.HEARTBEAT)
         self.next_heartbeat = now + self.interval
 
@@ -425,10 +485,13 @@ class Broker:
             if req.deadline > now:
                 earliest = min(earliest, req.deadline)
                 continue
-            link.current = None  # answered here: a late reply finds no request
+            link.inflight.popleft()  # answered here: a late reply finds no request
+            waiting, link.inflight = link.inflight, deque()
             self._error(req, b"504", "timeout", f"the request exceeded request_timeout "
                         f"({link.route.request_timeout:g}s)", now)
             self._drop_link(link, now)
+            for later in reversed(waiting):  # never started: other workers take them
+                self._requeue(link.route, later, now)
             if link.external:
                 self._send_worker(link.identity, link.version, mdp.DISCONNECT)
             else:

@@ -27,8 +27,6 @@ answers it where the sender can take an answer, and logs and drops it otherwise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 
 class ProtocolError(Exception):
     """A message that is not valid Majordomo; dropped (and logged) by the broker."""
@@ -68,14 +66,16 @@ _OUT = {1: {HEARTBEAT: W_HEARTBEAT, DISCONNECT: W_DISCONNECT},
         2: {HEARTBEAT: W2_HEARTBEAT, DISCONNECT: W2_DISCONNECT}}
 
 
-@dataclass(frozen=True, slots=True)
 class WorkerMessage:
-    identity: bytes
-    version: int
-    command: str
-    service: bytes = b""  # READY only
-    client: bytes = b""  # REPLY / PARTIAL only
-    body: tuple = ()  # REPLY / PARTIAL only
+    """One decoded worker command (a plain class: it is made for every reply, so no frozen
+    dataclass, whose __init__ costs several times more)."""
+
+    __slots__ = ("identity", "version", "command", "service", "client", "body")
+
+    def __init__(self, identity: bytes, version: int, command: str, service: bytes = b"",
+                 client: bytes = b"", body=()):
+        self.identity, self.version, self.command = identity, version, command
+        self.service, self.client, self.body = service, client, body  # READY / replies
 
 
 def parse_worker(frames: list[bytes]) -> WorkerMessage:
@@ -99,7 +99,7 @@ def parse_worker(frames: list[bytes]) -> WorkerMessage:
     if command in (REPLY, PARTIAL):
         if len(args) < 3 or args[1] != b"":
             raise ProtocolError("a reply needs [client][\"\"][body...]")
-        return WorkerMessage(identity, version, command, client=args[0], body=tuple(args[2:]))
+        return WorkerMessage(identity, version, command, b"", args[0], args[2:])
     if args:
         raise ProtocolError(f"{command} takes no arguments, got {len(args)} frames")
     return WorkerMessage(identity, version, command)

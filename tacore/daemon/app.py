@@ -315,6 +315,9 @@ class Daemon:
     def worker_busy(self, identity: bytes, busy: bool, now: float) -> None:
         self.supervisor.set_busy(identity, busy, now)
 
+    def worker_replied(self, identity: bytes, now: float) -> None:
+        self.supervisor.replied(identity, now)
+
     def request_timed_out(self, identity: bytes, now: float, age: float) -> None:
         self.supervisor.on_request_timeout(identity, now, age)
 

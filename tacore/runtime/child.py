@@ -24,6 +24,7 @@ import structlog
 import zmq
 
 from tacore.brokering import protocol as mdp
+from tacore.brokering.frames import recv_frames, send_frames
 from tacore.errors import BadRequest
 from tacore.observability.logging import configure_logging
 from tacore.runtime.loader import load_handler
@@ -140,19 +141,25 @@ class Worker:
         for option, value in (self.spec.curve or {}).items():
             setattr(self.sock, option, value)
         self.sock.connect(self.spec.backend)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
         self._send([mdp.W_READY, self.spec.service.encode()])
         now = time.monotonic()
         self.heard_at, self.beat_at = now, now + self.spec.heartbeat_interval
 
     def _send(self, frames) -> None:
-        self.sock.send_multipart([b"", mdp.W_V1, *frames])
+        send_frames(self.sock, [b"", mdp.W_V1, *frames], 0)
 
     def _serve_once(self) -> None:
         timeout = max(0.0, self.beat_at - time.monotonic())
-        if self.sock.poll(timeout * 1000):
-            frames = self.sock.recv_multipart()
-            self.heard_at = time.monotonic()
-            self._on_message(frames)
+        if self.poller.poll(timeout * 1000):
+            while not self.stopper.requested:  # every message waiting, then the clock
+                try:
+                    frames = recv_frames(self.sock)
+                except zmq.Again:
+                    break
+                self.heard_at = time.monotonic()
+                self._on_message(frames)
         now = time.monotonic()
         if now - self.heard_at > self.expiry:
             self.log.warning("worker.broker_lost", silent_for=round(now - self.heard_at, 3))

@@ -154,19 +154,25 @@ class Supervisor:
                              request_timeout=slot.service.request_timeout)
 
     def set_busy(self, identity: bytes, busy: bool, now: float) -> None:
-        """The broker gave a worker a request, or got its reply (the hot path: no event)."""
+        """The broker gave an idle worker a request, or it answered its last one (the hot
+        path: no event)."""
         slot = self.by_identity.get(identity)
         if slot is None or slot.state not in SERVING:
             return
         new = State.BUSY if busy else State.READY
         if slot.state is not new:
             self._change(slot, new, now, quiet=True)
-        if busy:
+        if not busy and slot.drain is not None:
+            self._stop_drained(slot, now)
+
+    def replied(self, identity: bytes, now: float) -> None:
+        """A worker answered a request: count it, and recycle it at max_requests."""
+        slot = self.by_identity.get(identity)
+        if slot is None:
             return
         slot.served += 1
-        if slot.drain is not None:
-            self._stop_drained(slot, now)
-        elif slot.request_limit is not None and slot.served >= slot.request_limit:
+        if (slot.request_limit is not None and slot.served >= slot.request_limit
+                and slot.drain is None and slot.state in SERVING):
             self._recycle(slot, now, "max_requests", served=slot.served)
 
     def service_fatal(self, service: str) -> bool:
