@@ -162,6 +162,34 @@ def rolling_restart(workdir: Path, clients: int = 8) -> dict:
         d.stop()
 
 
+def status_and_startup(workdir: Path) -> dict:
+    """`tacorectl status` wall time (the whole command) with 8 and 64 workers, and the time
+    from starting tacored to all 64 workers READY."""
+    out = {}
+    tacorectl = str(Path(sys.executable).with_name("tacorectl"))
+    for workers in (8, 64):
+        run = workdir / f"w{workers}"
+        run.mkdir()
+        t0 = time.monotonic()
+        d = Daemon(run, f'[services.echo]\nhandler = "tacore.services.echo:Echo"\n'
+                        f'workers = {workers}\n')
+        try:
+            d.wait(lambda: len(d.workers("echo")) == workers and
+                   all(w["state"] == "READY" for w in d.workers("echo")), timeout=120)
+            out[f"all_{workers}_ready_seconds"] = round(time.monotonic() - t0, 3)
+            walls = []
+            for _ in range(5):
+                t1 = time.monotonic()
+                subprocess.run([tacorectl, "--control", f"ipc://{run}/run/control.sock",
+                                "status"], check=True, capture_output=True)
+                walls.append(time.monotonic() - t1)
+            out[f"tacorectl_status_{workers}_workers_ms"] = round(
+                sorted(walls)[len(walls) // 2] * 1000, 1)
+        finally:
+            d.stop()
+    return out
+
+
 def idle_cpu(workdir: Path, seconds: float) -> dict:
     d = Daemon(workdir, '[services.echo]\nhandler = "tacore.services.echo:Echo"\nworkers = 8\n')
     try:
@@ -189,7 +217,7 @@ def main():
     results = {"machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()}}
     with tempfile.TemporaryDirectory(prefix="tcb-") as tmp:
         for name, fn in (("start_timeout", start_timeout_chain), ("crash", crash_to_ready),
-                         ("rolling_restart", rolling_restart)):
+                         ("rolling_restart", rolling_restart), ("status", status_and_startup)):
             (Path(tmp) / name).mkdir()
             results[name] = fn(Path(tmp) / name)
         (Path(tmp) / "idle").mkdir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import traceback
 
@@ -38,6 +39,7 @@ def main(config_path: str | None, check: bool) -> None:
         click.echo(f"tacored: {config.path}: configuration is valid", err=True)
         return
     log = configure_logging(config.daemon.log_level, config.daemon.log_format)
+    _raise_fd_limit()
     try:
         code = Daemon(config, log).run()
     except StartupError as e:
@@ -47,6 +49,16 @@ def main(config_path: str | None, check: bool) -> None:
         log.critical("daemon.crashed", error=repr(e), exception=traceback.format_exc())
         sys.exit(EX_SOFTWARE)
     sys.exit(code)
+
+
+def _raise_fd_limit() -> None:
+    """Every connected client holds a descriptor in the daemon: use all the kernel allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError):
+            pass  # forbidden (e.g. a seccomp filter): the soft limit stays
 
 
 def _fail(lines: list[str], code: int):
