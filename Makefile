@@ -11,7 +11,10 @@ UNITDIR ?= /etc/systemd/system
 INSTALL_FROM ?= .
 PIP_ARGS ?=
 
-.PHONY: run test test-systemd check bench install clean
+DURATION ?= 30m
+FUZZ_EXAMPLES ?= 20000
+
+.PHONY: run test test-systemd check bench soak fuzz install clean
 
 run: $(STAMP)  ## start tacored in the foreground on the default config
 	$(BIN)/tacored --config $(CONFIG)
@@ -22,10 +25,18 @@ test: $(STAMP)  ## run the whole test suite
 test-systemd: $(STAMP)  ## boot a real systemd in a container and test the unit (root)
 	bash tests/systemd/run.sh
 
-bench: $(STAMP)  ## broker throughput against zmq.proxy, supervision timings, state size
-	$(BIN)/python bench/broker.py
-	$(BIN)/python bench/supervision.py
+bench: $(STAMP)  ## broker against zmq.proxy, supervision timings, scale, state size (~9 min)
+	$(BIN)/python bench/broker.py --json bench/results-broker.json
+	$(BIN)/python bench/supervision.py --json bench/results-supervision.json
+	$(BIN)/python bench/scale.py --json bench/results-scale.json
 	$(BIN)/python bench/state_size.py
+
+soak: $(STAMP)  ## chaos under load for DURATION (default 30m), then the figures
+	$(BIN)/python -m tests.chaos --duration $(DURATION)
+
+fuzz: $(STAMP)  ## the hypothesis fuzz tests with FUZZ_EXAMPLES examples each
+	TACORE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -p no:cacheprovider -o timeout=0 \
+		tests/test_fuzz.py tests/test_resilience.py -k "fuzz or garbage" -q
 
 install:  ## as root: venv in $(PREFIX), $(SYSCONFDIR)/tacore.toml, the systemd unit
 	$(PYTHON) -m venv $(PREFIX)

@@ -172,3 +172,17 @@ def test_control_endpoint_is_read_from_a_half_edited_file(tmp_path):
     assert config.read_control_endpoint(path) == "ipc:///tmp/x/control.sock"
     path.write_text('[daemon]\nruntime_dir = "run"\n[services.echo\n')
     assert config.read_control_endpoint(path) == f"ipc://{tmp_path}/run/control.sock"
+
+
+@pytest.mark.parametrize("text,expected", BAD, ids=[b[1][:40] for b in BAD])
+def test_real_daemon_refuses_each_bad_config(tmp_path, text, expected):
+    """The same corpus through the real tacored: exit 78, the message, nothing started, no
+    directory or socket file left behind."""
+    path = tmp_path / "t.toml"
+    path.write_text(text)
+    env = {**os.environ, "RUNTIME_DIRECTORY": str(tmp_path / "run"),
+           "STATE_DIRECTORY": str(tmp_path / "state")}
+    result = run_tacored("--config", str(path), env=env)
+    assert result.returncode == 78, result.stderr
+    assert expected in result.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "state").exists()

@@ -1,5 +1,7 @@
 """Random multipart garbage on the frontend and backend while a real client keeps calling."""
 
+import os
+
 import psutil
 import zmq
 from hypothesis import HealthCheck, given, settings
@@ -11,7 +13,7 @@ WORDS = [b"", b"MDPC01", b"MDPC02", b"MDPW01", b"MDPW02", b"\x00", b"\x01", b"\x
          b"\x04", b"\x05", b"\x06", b"mmi.service", b"mmi.x", b"fuzz", b'{"method": "echo"}']
 frame = st.one_of(st.sampled_from(WORDS), st.binary(max_size=64))
 message = st.lists(frame, min_size=1, max_size=8)
-FUZZ = settings(max_examples=300, deadline=None,
+FUZZ = settings(max_examples=int(os.environ.get("TACORE_FUZZ_EXAMPLES", 300)), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

@@ -37,9 +37,11 @@ def test_graph_is_complete_and_reachable():
 
 
 def test_key_rules_of_the_graph():
-    """READY only via STARTING; a live process is never dropped straight to STOPPED."""
+    """READY only via STARTING (or back from BUSY); nothing restarts but through STARTING;
+    STOPPING ends only in an exit's outcome; FATAL waits for an operator."""
     assert [a for a, targets in TRANSITIONS.items() if State.READY in targets] == [
         State.STARTING, State.BUSY]
-    for live in (State.STARTING, State.READY, State.BUSY):
-        assert State.STOPPED not in TRANSITIONS[live]
+    assert [a for a, targets in TRANSITIONS.items() if State.STARTING in targets] == [
+        State.STOPPED, State.BACKOFF, State.FATAL]
+    assert TRANSITIONS[State.STOPPING] == {State.STOPPED, State.BACKOFF, State.FATAL}
     assert TRANSITIONS[State.FATAL] == {State.STARTING, State.STOPPED}

@@ -11,7 +11,9 @@
 
 A slot leaves STOPPING when its process has exited: for STOPPED if the stop was wanted (an
 operator or shutdown), for BACKOFF or FATAL if the kill was a failure (start timeout, missed
-heartbeats, request timeout). Drawn in docs/architecture.md.
+heartbeats, request timeout). A process that dies by itself goes to BACKOFF or FATAL, or
+straight to STOPPED when no restart is wanted any more (the daemon is shutting down, the slot
+is being drained, replaced or removed). Drawn in docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ class State(enum.Enum):
 S = State
 TRANSITIONS: dict[State, frozenset[State]] = {
     S.STOPPED: frozenset({S.STARTING}),
-    S.STARTING: frozenset({S.READY, S.STOPPING, S.BACKOFF, S.FATAL}),
-    S.READY: frozenset({S.BUSY, S.STOPPING, S.BACKOFF, S.FATAL}),
-    S.BUSY: frozenset({S.READY, S.STOPPING, S.BACKOFF, S.FATAL}),
+    S.STARTING: frozenset({S.READY, S.STOPPING, S.BACKOFF, S.FATAL, S.STOPPED}),
+    S.READY: frozenset({S.BUSY, S.STOPPING, S.BACKOFF, S.FATAL, S.STOPPED}),
+    S.BUSY: frozenset({S.READY, S.STOPPING, S.BACKOFF, S.FATAL, S.STOPPED}),
     S.STOPPING: frozenset({S.STOPPED, S.BACKOFF, S.FATAL}),
     S.BACKOFF: frozenset({S.STARTING, S.STOPPED}),
     S.FATAL: frozenset({S.STARTING, S.STOPPED}),

@@ -1,0 +1,37 @@
+"""A thousand worker restarts leave the daemon's descriptors, threads and memory where they were."""
+
+import psutil
+import pytest
+
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def figures(pid: int) -> dict:
+    p = psutil.Process(pid)
+    return {"fds": p.num_fds(), "threads": p.num_threads(), "rss": p.memory_info().rss}
+
+
+def restarts(d) -> int:
+    return sum(w["restarts"] for w in d.workers("crashy"))
+
+
+def test_a_thousand_restarts_leak_nothing(start_daemon):
+    """A crash loop with FATAL out of reach: 1000 restarts, then the same fds and threads,
+    and RSS within a few MB of the figures after the first 100."""
+    d = start_daemon({"crashy": {"handler": "tests.workers:CrashesLater", "workers": 2,
+                                 "config": {"after": 0.0}, "max_restarts": 10**9,
+                                 "restart_window": 0.001, "backoff_initial": 0.001,
+                                 "backoff_max": 0.001}},
+                     daemon={"log_level": "error"}, state={"enabled": False},
+                     wait_ready=False)
+    wait_until(lambda: restarts(d) >= 100, 60, "100 restarts")
+    before = figures(d.proc.pid)
+    wait_until(lambda: restarts(d) >= 1000, 150, "1000 restarts")
+    wait_until(lambda: len(d.children()) == 2, 10, "two live workers at a moment")
+    after = figures(d.proc.pid)
+    print(before, after)
+    assert abs(after["fds"] - before["fds"]) <= 4, (before, after)  # 0-2 workers mid-restart
+    assert after["threads"] == before["threads"]
+    assert after["rss"] < before["rss"] + 8 * 2**20, (before, after)
