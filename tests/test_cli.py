@@ -112,6 +112,7 @@ def test_endpoint_in_use_exits_69(workdir):
         holder.close()
     assert result.returncode == 69
     assert f"tcp://127.0.0.1:{port}" in result.stderr and "in use" in result.stderr
+    assert not list((workdir / "run").glob("*.sock"))  # the frontend bound first: removed
 
 
 def test_uncreatable_runtime_dir_exits_73(workdir):
