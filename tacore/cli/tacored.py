@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import resource
+import signal
 import sys
 import traceback
 
@@ -40,6 +42,9 @@ def main(config_path: str | None, check: bool) -> None:
         return
     log = configure_logging(config.daemon.log_level, config.daemon.log_format)
     _raise_fd_limit()
+    # `kill -USR1 <tacored>` writes the daemon's own stack to stderr (the journal): a wedged
+    # loop shows where it is. Workers re-register SIGUSR1 for their own dumps.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         code = Daemon(config, log).run()
     except StartupError as e:

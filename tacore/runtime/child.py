@@ -1,8 +1,9 @@
 """The entry point of a worker process, and the worker's serving loop.
 
 The child is forked from the daemon, so it first cuts every tie to the daemon's world: it dies
-with the daemon (PR_SET_PDEATHSIG), closes the daemon's inherited descriptors (sockets, the
-ZeroMQ context's internals, other workers' pipes), and resets signal dispositions. Then it
+with the daemon (PR_SET_PDEATHSIG), closes the daemon's inherited sockets and files (listening
+sockets, the ZeroMQ context's internals, the lock and the database), and resets signal
+dispositions. Then it
 arms faulthandler on SIGUSR1 so the daemon can read its stack at any moment, even while
 start() is blocked in C code, builds the service, and only after start() returns connects to
 the broker and says READY (7/MDP).
@@ -66,11 +67,28 @@ def _detach(spec: WorkerSpec) -> None:
         signal.signal(sig, signal.SIG_DFL)
     # Ctrl-C on a terminal reaches the whole process group; stopping workers is the daemon's job.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for fd in spec.close_fds - {0, 1, 2, spec.stack_fd}:
+    _close_inherited(spec.stack_fd)
+
+
+def _close_inherited(keep: int) -> None:
+    """Close every descriptor the daemon left us but pipes: its sockets (listening ones, the
+    ZeroMQ context's, the signal socketpair), its lock and database files.
+
+    Pipes stay: multiprocessing's own (the exit sentinel's write end, which must stay open
+    until we exit) cannot be told from the daemon's other pipes, which are harmless here. The
+    list is read in the child, where no other thread runs: a list taken in the daemon before
+    the fork raced with libzmq's I/O thread closing and reusing descriptor numbers.
+    """
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd <= 2 or fd == keep:
+            continue
         try:
-            os.close(fd)
+            target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
-            pass
+            continue  # listdir's own descriptor, already closed
+        if not target.startswith("pipe:"):
+            os.close(fd)
 
 
 class _Stopper:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # Exit status of a worker whose service could not be created or whose start() raised.
 EXIT_START_FAILED = 3
@@ -23,4 +23,3 @@ class WorkerSpec:
     log_level: str
     log_format: str
     curve: dict | None = None  # CURVE client options for a protected backend
-    close_fds: frozenset[int] = field(default_factory=frozenset)

@@ -1,16 +1,15 @@
 """Start worker processes. The one place that chooses the multiprocessing start method.
 
 Method: ``fork``. A restart then costs one fork (a few ms) and the child starts with the
-service module the daemon already imported while validating the configuration. It is safe
-here because the daemon runs no Python threads of its own, the child never touches the
-daemon's ZeroMQ context (it closes every inherited descriptor and builds a fresh context),
+libraries the daemon already imported. It is safe here because the daemon runs no Python
+threads of its own, the child never touches the daemon's ZeroMQ context (it closes the
+inherited sockets and builds a fresh context),
 and glibc resets its allocator locks across fork. ``forkserver`` (about 4x slower per start)
 would be the choice if the daemon ever ran threads of its own. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
-import fcntl
 import multiprocessing
 import os
 import time
@@ -52,23 +51,10 @@ class WorkerProcess:
         return self.process.sentinel
 
 
-def _open_fds() -> frozenset[int]:
-    """Every descriptor open now: the child closes them all but its stack pipe and stdio."""
-    fds = set()
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            fcntl.fcntl(int(name), fcntl.F_GETFD)  # skips listdir's own, now closed, descriptor
-        except OSError:
-            continue
-        fds.add(int(name))
-    return frozenset(fds)
-
-
 def spawn(spec_fields: dict, now: float) -> WorkerProcess:
     """Fork a worker for ``spec_fields`` (a WorkerSpec without its descriptors)."""
     stack_r, stack_w = os.pipe()
-    inherited = _open_fds()
-    spec = WorkerSpec(**spec_fields, stack_fd=stack_w, close_fds=inherited)
+    spec = WorkerSpec(**spec_fields, stack_fd=stack_w)
     process = _mp.Process(target=child.run, args=(spec,),
                           name=f"tacore:{spec.service}/{spec.slot}")
     began = time.perf_counter()
