@@ -206,6 +206,9 @@ def run(duration: float, clients: int = 6, seed: int | None = None) -> dict:
         try:
             return _run(tmp, proc, control, duration, clients, rng, seed)
         except BaseException:
+            if proc.poll() is None:  # still there: ask it where its loop is (faulthandler)
+                os.kill(proc.pid, signal.SIGUSR1)
+                time.sleep(0.5)  # the dump is written from a signal handler
             log.flush()
             text = (tmp / "log").read_bytes().decode(errors="replace")
             (Path(tempfile.gettempdir()) / "tacore-chaos-failed.log").write_text(text)
