@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 DAEMON_STARTED = "daemon.started"
 DAEMON_STOPPING = "daemon.stopping"
 DAEMON_STOPPED = "daemon.stopped"
-DAEMON_SIGNAL = "daemon.signal"
 DAEMON_STALLED = "daemon.stalled"
 WORKER_SPAWNED = "worker.spawned"
 WORKER_READY = "worker.ready"
