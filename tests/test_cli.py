@@ -7,10 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from tests.conftest import ROOT, run_tacored, write_config
-from tests.helpers import wait_until
 
 TACORECTL = str(Path(sys.executable).with_name("tacorectl"))
 ECHO = {"echo": {"handler": "tests.workers:Echo", "workers": 2}}

@@ -1,7 +1,6 @@
 """CURVE on tcp endpoints: the right key gets in, anything else does not."""
 
 import socket
-import subprocess
 
 import zmq
 import zmq.auth
@@ -67,11 +66,11 @@ def test_curve_backend_takes_only_authorized_workers(start_daemon, keys):
 def test_curve_control_over_tcp(start_daemon, keys):
     """tacorectl with the right keys reaches a tcp control endpoint; without, it does not."""
     port = free_port()
-    d = start_daemon({"tool": {"handler": "tests.workers:Tool"}},
-                     control={"endpoint": f"tcp://127.0.0.1:{port}",
-                              "curve_secret_key": str(keys["daemon"][1]),
-                              "curve_authorized_keys": str(keys["authorized"])},
-                     wait_ready=False, control_socket=False)
+    start_daemon({"tool": {"handler": "tests.workers:Tool"}},
+                 control={"endpoint": f"tcp://127.0.0.1:{port}",
+                          "curve_secret_key": str(keys["daemon"][1]),
+                          "curve_authorized_keys": str(keys["authorized"])},
+                 wait_ready=False, control_socket=False)
     endpoint = f"tcp://127.0.0.1:{port}"
     good = ControlClient(endpoint, 5, curve_options(str(keys["client"][1]),
                                                     str(keys["daemon"][0])))

@@ -4,7 +4,6 @@ import os
 import signal
 import time
 
-import psutil
 import pytest
 
 from tests.conftest import pid_alive

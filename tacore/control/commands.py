@@ -15,7 +15,6 @@ from tacore.config import LOG_LEVELS
 from tacore.observability.prometheus import exposition
 
 SERVING = ("READY", "BUSY")
-READ_ONLY = frozenset({"status", "health", "ping", "dump", "events", "metrics"})
 
 
 class CommandError(Exception):

@@ -21,7 +21,6 @@ import threading
 import time
 import traceback
 
-import structlog
 import zmq
 
 from tacore.brokering import protocol as mdp

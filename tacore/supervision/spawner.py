@@ -34,9 +34,7 @@ class WorkerProcess:
     identity: bytes
     stack: StackReader
     started: float  # monotonic
-    started_wall: float
     spawn_seconds: float
-    ready_at: float | None = None
     ps: psutil.Process | None = None  # for CPU and memory figures
     dump: object = None  # a stack dump in progress (the supervisor's Dump)
     frozen: bool = False  # seen stopped (SIGSTOP) when a dump was asked for
@@ -68,5 +66,5 @@ def spawn(spec_fields: dict, now: float) -> WorkerProcess:
     except psutil.Error:
         ps = None  # already gone: its sentinel will say so
     return WorkerProcess(process=process, pid=process.pid, identity=spec.identity,
-                         stack=StackReader(stack_r), started=now, started_wall=time.time(),
+                         stack=StackReader(stack_r), started=now,
                          spawn_seconds=spawn_seconds, ps=ps)

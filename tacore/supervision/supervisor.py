@@ -235,12 +235,12 @@ class Supervisor:
         return {"service": service, "rolling": running, "started": started}
 
     def stop(self, service: str, index: int | None, now: float) -> dict:
-        stopped = []
-        for slot in self.slots_of(service, index):
+        slots = self.slots_of(service, index)
+        for slot in slots:
             self._drain(slot, now, "stopped by operator", None, remove=False)
-            stopped.append(slot.index)
         entry = self.services[service]
-        entry.rolling = [s for s in entry.rolling if s not in self.slots_of(service, index)]
+        entry.rolling = [s for s in entry.rolling if s not in slots]
+        stopped = [slot.index for slot in slots]
         return {"service": service, "stopped": stopped}
 
     def start_slots(self, service: str, index: int | None, now: float) -> dict:
