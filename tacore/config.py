@@ -37,7 +37,7 @@ LOG_FORMATS = ("auto", "json", "console")
 @dataclass(frozen=True)
 class ServiceConfig:
     name: str
-    handler: str
+    handler: str | None = None  # required when workers > 0
     workers: int = 1
     start_timeout: float = 30.0
     request_timeout: float = 30.0
@@ -54,7 +54,13 @@ class ServiceConfig:
     max_requests: int = 0
     max_requests_jitter: int = 0
     max_memory_mb: int = 0
+    external: bool | None = None  # may external workers join? None: only if workers == 0
+    external_keys: tuple[str, ...] = ()  # CURVE keys (z85) that may serve it; (): any
     config: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.external is None:
+            object.__setattr__(self, "external", self.workers == 0)
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,8 @@ class BrokerConfig:
     max_message_size: int = 16 * 2**20
     curve_secret_key: str | None = None
     curve_authorized_keys: str | None = None
+    external_services: bool = True  # may external workers register unconfigured services?
+    max_external_services: int = 64  # at most this many at a time (bounds metric labels)
 
 
 @dataclass(frozen=True)
@@ -244,6 +252,23 @@ def secret_key_file(value):
     return str(path)
 
 
+def public_key_list(value):
+    """A list of public key files (NAME.key, from ``tacorectl keygen``); their z85 keys."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _Invalid(f"must be a list of public key files, got {value!r}",
+                       'write e.g. ["/etc/tacore/keys/node1.key"]')
+    keys = []
+    for item in value:
+        path = Path(item).expanduser()
+        try:
+            public, _ = zmq.auth.load_certificate(path)
+        except (OSError, ValueError) as e:
+            raise _Invalid(f"cannot load a CURVE public key from {str(path)!r}: {e}",
+                           "name NAME.key files made by tacorectl keygen") from None
+        keys.append(public.decode())
+    return tuple(keys)
+
+
 def key_directory(value):
     path = Path(string(value)).expanduser()
     if not path.is_dir():
@@ -296,6 +321,7 @@ DAEMON_KEYS = {"runtime_dir": string, "state_dir": string, "log_level": _choice(
 CURVE_KEYS = {"curve_secret_key": secret_key_file, "curve_authorized_keys": key_directory}
 BROKER_KEYS = {"frontend": endpoint_list, "backend": endpoint, "heartbeat_interval": duration,
                "heartbeat_liveness": _integer(1), "max_message_size": _integer(1024),
+               "external_services": boolean, "max_external_services": _integer(0),
                **CURVE_KEYS}
 CONTROL_KEYS = {"endpoint": endpoint, "group": group, **CURVE_KEYS}
 STATE_KEYS = {"enabled": boolean, "sample_interval": duration, "retention_days": duration,
@@ -308,7 +334,7 @@ SERVICE_KEYS = {"handler": handler, "workers": _integer(0), "start_timeout": dur
                 "backoff_max": duration, "queue_limit": _integer(0), "queue_timeout": duration,
                 "retry_on_failure": boolean, "prefetch": _integer(1), "max_requests": _integer(0),
                 "max_requests_jitter": _integer(0), "max_memory_mb": _integer(0),
-                "config": table}
+                "external": boolean, "external_keys": public_key_list, "config": table}
 SECTIONS = ("daemon", "broker", "control", "state", "http", "services")
 TABLES = {"daemon": DAEMON_KEYS, "broker": BROKER_KEYS, "control": CONTROL_KEYS,
           "state": STATE_KEYS, "http": HTTP_KEYS}
@@ -402,7 +428,7 @@ def load(path, env=os.environ, import_handlers: bool = True) -> Config:
     _check_duplicates(report, broker, control)
     _check_exposure(report, broker, control)
     daemon_ok = not any(line.startswith(f"{path}: [daemon] python_path") for line in report.lines)
-    services = _services(report, data.get("services", {}))
+    services = _services(report, data.get("services", {}), broker)
     if import_handlers and daemon_ok:  # every handler is tried, so one pass finds every problem
         _extend_sys_path(daemon.python_path)
         for service in services.values():
@@ -465,7 +491,7 @@ def _check_duplicates(report, broker, control):
         seen.setdefault(value, where)
 
 
-def _services(report: _Report, raw) -> dict[str, ServiceConfig]:
+def _services(report: _Report, raw, broker: BrokerConfig) -> dict[str, ServiceConfig]:
     if not isinstance(raw, dict):
         report.add("services", None, "must be a table of services", "write [services.NAME]")
         return {}
@@ -480,15 +506,23 @@ def _services(report: _Report, raw) -> dict[str, ServiceConfig]:
             report.add(section, None, "must be a table", f"write [{section}]")
             continue
         values = report.check_table(section, body, SERVICE_KEYS)
-        if "handler" not in body:
-            report.add(section, "handler", "is required",
-                       'name the service object, e.g. handler = "tacore.services.echo:Echo"')
+        external_only = values.get("workers", 1) == 0
+        if "handler" not in body and not external_only:
+            report.add(section, "handler", "is required when workers > 0",
+                       'name the service object, e.g. handler = "tacore.services.echo:Echo", '
+                       "or set workers = 0 for a service only external workers serve")
             continue
-        if "handler" not in values:
+        if "handler" in body and "handler" not in values:
             continue
-        if "min_ready" not in values and values.get("workers", 1) == 0:
+        if "min_ready" not in values and external_only:
             values["min_ready"] = 0  # a service served only by external workers
         service = ServiceConfig(name=name, **values)
+        if service.external_keys and broker.curve_secret_key is None:
+            report.add(section, "external_keys", "needs CURVE on the backend",
+                       "set curve_secret_key and curve_authorized_keys in [broker]")
+        if service.external_keys and not service.external:
+            report.add(section, "external_keys", "is set but external is false",
+                       "set external = true, or remove external_keys")
         if service.min_ready > service.workers:
             report.add(section, "min_ready",
                        f"is {service.min_ready} but the service has only {service.workers} workers",
@@ -507,6 +541,8 @@ def _extend_sys_path(paths):
 
 
 def _check_import(report: _Report, service: ServiceConfig):
+    if service.handler is None:
+        return
     try:
         load_handler(service.handler)
     except Exception as e:  # an import runs arbitrary code: any failure is a config problem

@@ -30,6 +30,9 @@ WORKER_REMOVED = "worker.removed"
 WORKER_REPLACE_FAILED = "worker.replace_failed"
 DAEMON_RELOAD = "daemon.reload"
 DAEMON_RELOAD_FAILED = "daemon.reload_failed"
+WORKER_LOST = "worker.lost"  # the broker found its connection gone
+WORKER_REFUSED = "worker.refused"  # an external worker not admitted to a service
+BAD_REPLY = "worker.bad_reply"  # a reply that breaks tacore's body convention
 PROTOCOL_ERROR = "protocol.error"
 REQUEST_TIMEOUT = "request.timeout"
 CONTROL_ERROR = "control.error"
@@ -38,7 +41,8 @@ STATE_NOTICE = "state.notice"
 
 # Events an operator must see even at log_level = "warning".
 WARNING = frozenset({WORKER_START_TIMEOUT, WORKER_UNRESPONSIVE, REQUEST_TIMEOUT, WORKER_KILLED, WORKER_BACKOFF,
-                     PROTOCOL_ERROR, CONTROL_ERROR, AUTH_REFUSED})
+                     PROTOCOL_ERROR, CONTROL_ERROR, AUTH_REFUSED, WORKER_LOST, WORKER_REFUSED,
+                     BAD_REPLY})
 ERROR = frozenset({WORKER_FATAL, WORKER_REPLACE_FAILED, DAEMON_RELOAD_FAILED})
 DEBUG = frozenset({WORKER_STATE})
 

@@ -1,18 +1,34 @@
 """The Majordomo broker: clients on the frontend, workers on the backend, one reply per request.
 
+The broker owns no socket. The daemon hands it each received message (``from_client``,
+``from_worker``) and gives it two ways out: ``to_client(frames)``, and ``to_worker(frames)``,
+which says whether the worker's connection took the message (``None``), is gone (``GONE``) or is
+full (``FULL``). That keeps the routing core a plain object a model test can drive.
+
+**The invariant.** Every accepted request is at every moment in exactly one place: its
+service's queue, one registered worker's in-flight list, or answered. It leaves a place only by
+being answered or moved to another place, and the places are never thrown away with requests in
+them: a route (a service's queue and workers) is deleted only by ``_collect`` in ``tick``, when
+no worker is registered for it, its queue is empty and it has lingered ``queue_timeout``; a
+worker's link is unregistered only by ``_drop_link``, which first moves its requests back to the
+queue (or answers them).
+
 Routing: per service, a FIFO queue of waiting requests and least-recently-used deques of
 workers with free credit: idle ones first, then ones that could take one more. An external
 worker holds one request at a time (as MDP assumes); the daemon's own workers may hold
 ``prefetch`` requests, so they never wait for the broker between two requests. A worker
 handles its requests in order: only the first is running, and its request_timeout starts when
 the one before it is answered; the others have not started, so if the worker dies or times
-out they are given to another worker, not failed. Every request ends in exactly one reply to
-its client: the worker's answer, or an error the broker makes itself ("404" unknown service,
-"503" unavailable, "502" worker died, "504" request timeout). The broker never parses bodies.
+out they are given to another worker, not failed. The broker's own answers: "404" unknown
+service, "503" unavailable, "502" the worker died (or sent a reply that is not tacore's body
+convention, for a service that uses it), "504" request timeout. Bodies are never parsed.
 
-Workers (the daemon's children and external MDP workers) say READY on the backend; idle ones
-are heartbeated every ``heartbeat_interval`` and expire after ``interval * liveness`` of
-silence. A busy worker is judged by the deadline armed when its request was dispatched.
+Liveness: every ``heartbeat_interval`` the broker sends HEARTBEAT to idle workers and to busy
+external workers (MDP: HEARTBEAT is valid at any time after READY; a busy worker reads it when
+it next reads). The backend is ROUTER_MANDATORY, so a send to a worker whose connection is
+gone fails at once: its request is answered "502" (or retried) within one interval. Idle
+workers that stay silent ``interval * liveness`` expire. The daemon's own busy workers are
+judged by their request deadline and by their process sentinel.
 
 The broker knows nothing of processes: what it learns about workers it tells its ``hooks``
 (the daemon), which may answer by calling ``forget`` or ``retire``.
@@ -22,22 +38,19 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from typing import Protocol
-
-import zmq
+from typing import Callable, Protocol
 
 from tacore import events as ev
 from tacore.brokering import protocol as mdp
-from tacore.brokering.frames import recv_frames, send_frames
 from tacore.brokering.protocol import ClientRequest
+from tacore.config import ServiceConfig
 from tacore.events import Event
 from tacore.observability.metrics import Histogram
 
 MMI_SERVICE = b"mmi.service"
-PROTOCOL_ERRORS_PER_SECOND = 20  # more than this are counted, not logged one by one
-# Settings of a service that only external workers serve: queue_limit, queue_timeout,
-# request_timeout, retry_on_failure (the defaults of a configured service).
-EXTERNAL_SERVICE = (100, 10.0, 30.0, False)
+COMPLAINTS_PER_SECOND = 20  # log lines about bad peers; more are counted, not logged
+GONE, FULL = "gone", "full"  # what to_worker says when a message could not be sent
+OTHER_STATUS = b"other"  # the one label for replies whose status frame is not a 3-digit code
 
 
 class Hooks(Protocol):
@@ -54,29 +67,43 @@ class Hooks(Protocol):
     def emit(self, event: Event) -> None: ...
 
 
+def status_label(status: bytes) -> bytes:
+    """A reply's status frame as a metric label: a 3-digit code, or ``other`` (bounded)."""
+    return status if len(status) == 3 and status.isdigit() else OTHER_STATUS
+
+
 class Route:
-    """One service's queue and idle workers."""
+    """One service: its settings, its queue and its workers with free credit."""
 
     __slots__ = ("name", "queue", "idle", "spare", "workers", "configured", "queue_limit",
                  "queue_timeout", "request_timeout", "retry_on_failure", "prefetch",
-                 "requests", "by_status", "latency")
+                 "external", "keys", "checked", "linger_until", "requests", "by_status",
+                 "latency")
 
-    def __init__(self, name: bytes, configured: bool, queue_limit: int, queue_timeout: float,
-                 request_timeout: float, retry_on_failure: bool, prefetch: int = 1):
-        self.name, self.configured = name, configured
+    def __init__(self, name: bytes, service: ServiceConfig, configured: bool):
+        self.name = name
         self.queue: deque[ClientRequest] = deque()
         self.idle: deque[WorkerLink] = deque()  # no request: first choice
         self.spare: deque[WorkerLink] = deque()  # some requests, room for more
         self.workers = 0  # registered workers, idle or busy
-        self.prefetch = prefetch
-        self.queue_limit, self.queue_timeout = queue_limit, queue_timeout
-        self.request_timeout, self.retry_on_failure = request_timeout, retry_on_failure
+        self.linger_until = 0.0  # when an unconfigured route without workers may be deleted
         self.requests = 0  # accepted (queued or dispatched)
-        self.by_status: dict[bytes, int] = {}  # replies sent, by status code
+        self.by_status: dict[bytes, int] = {}  # replies sent, by status label (bounded)
         self.latency = Histogram()  # arrival to reply, in seconds
+        self.apply(service, configured)
 
-    def answered(self, status: bytes, seconds: float) -> None:
-        self.by_status[status] = self.by_status.get(status, 0) + 1
+    def apply(self, service: ServiceConfig, configured: bool) -> None:
+        self.configured = configured
+        self.queue_limit, self.queue_timeout = service.queue_limit, service.queue_timeout
+        self.request_timeout, self.retry_on_failure = (service.request_timeout,
+                                                       service.retry_on_failure)
+        self.prefetch, self.external = service.prefetch, service.external
+        # The CURVE keys (z85) that may serve it as external workers; None: any allowed key.
+        self.keys = frozenset(service.external_keys) or None
+        self.checked = configured and service.handler is not None  # tacore's body convention
+
+    def answered(self, label: bytes, seconds: float) -> None:
+        self.by_status[label] = self.by_status.get(label, 0) + 1
         self.latency.observe(seconds)
 
     def take(self) -> "WorkerLink | None":
@@ -123,82 +150,84 @@ class WorkerLink:
 
 
 class Broker:
-    def __init__(self, frontend: zmq.Socket, backend: zmq.Socket, heartbeat_interval: float,
-                 liveness: int, services: dict, hooks: Hooks):
-        self.frontend, self.backend, self.hooks = frontend, backend, hooks
-        self.interval, self.expiry = heartbeat_interval, heartbeat_interval * liveness
-        self.routes: dict[bytes, Route] = {
-            name.encode(): Route(name.encode(), True, s.queue_limit, s.queue_timeout,
-                                 s.request_timeout, s.retry_on_failure, s.prefetch)
-            for name, s in services.items()}
+    def __init__(self, to_client: Callable[[list], None], to_worker: Callable[[list], str | None],
+                 broker, services: dict, hooks: Hooks):
+        self.to_client, self.to_worker, self.hooks = to_client, to_worker, hooks
+        self.routes: dict[bytes, Route] = {}
         self.workers: dict[bytes, WorkerLink] = {}
         self.stopping = False
         self.unknown_service = 0  # requests answered "404"
         self.sequence = 0
         self.next_heartbeat = float("inf")  # set by start()
         self.next_expiry = float("inf")  # earliest queue or request deadline, maybe early
-        self.errors_window, self.errors_in_window, self.errors_suppressed = 0.0, 0, 0
+        self.complaint_window, self.complaints, self.suppressed = 0.0, 0, 0
         self.commands = {mdp.READY: self._ready, mdp.HEARTBEAT: self._heartbeat,
                          mdp.DISCONNECT: self._disconnect, mdp.REPLY: self._reply,
                          mdp.PARTIAL: self._partial}
+        self.configure(broker, services, 0.0)
 
     # --- clients ------------------------------------------------------------------------
 
-    def on_frontend(self, now: float) -> None:
-        """Route every request waiting on the frontend socket."""
-        frontend = self.frontend
-        while True:
-            try:
-                frames = recv_frames(frontend)
-            except zmq.Again:
-                return
-            try:
-                request = mdp.parse_client(frames, now)
-            except mdp.ProtocolError as e:
-                self._bad_client(frames, str(e), now)
-                continue
+    def from_client(self, frames: list, now: float) -> None:
+        """One message received on the frontend."""
+        try:
+            request = mdp.parse_client(frames, now)
+        except mdp.ProtocolError as e:
+            self._bad_client(frames, str(e), now)
+            return
+        if request.service[:4] == b"mmi.":
+            self._mmi(request, now)
+        else:
             self._route(request, now)
 
     def _route(self, req: ClientRequest, now: float) -> None:
-        if req.service[:4] == b"mmi.":
-            self._mmi(req)
-            return
         route = self.routes.get(req.service)
+        if (route is not None and not route.configured and not route.workers
+                and not route.queue and now >= route.linger_until):
+            del self.routes[req.service]  # it has lingered long enough: it is gone
+            route = None
         if route is None:
             self._error(req, b"404", "no_such_service",
-                        f"no service named {req.service.decode(errors='replace')!r}")
+                        f"no service named {req.service.decode(errors='replace')!r}", now)
         elif self.stopping:
-            self._error(req, b"503", "shutting_down", "the daemon is shutting down")
-        elif route.idle or route.spare:
-            route.requests += 1
-            self._dispatch(route.take(), req, now)
-        elif route.workers == 0 and self.hooks.service_fatal(route.name.decode()):
+            self._error(req, b"503", "shutting_down", "the daemon is shutting down", now)
+        elif route.workers == 0 and route.configured and self.hooks.service_fatal(
+                route.name.decode()):
             self._error(req, b"503", "service_fatal",
                         f"service {route.name.decode()!r} is FATAL: no worker will start until "
-                        "an operator acts")
-        elif len(route.queue) >= route.queue_limit:
+                        "an operator acts", now)
+        elif not (route.idle or route.spare) and len(route.queue) >= route.queue_limit:
             self._error(req, b"503", "queue_full",
                         f"{len(route.queue)} requests already wait for {route.name.decode()!r} "
-                        f"(queue_limit {route.queue_limit})")
+                        f"(queue_limit {route.queue_limit})", now)
         else:
             route.requests += 1
-            req.deadline = now + route.queue_timeout
-            route.queue.append(req)
-            if req.deadline < self.next_expiry:
-                self.next_expiry = req.deadline
+            self._place(route, req, now, first=False)
 
-    def _dispatch(self, link: WorkerLink, req: ClientRequest, now: float) -> None:
-        """Give ``req`` to ``link`` (taken from the route's deques); on a vanished peer, put
-        it back at the front of the queue."""
+    def _place(self, route: Route, req: ClientRequest, now: float, first: bool) -> None:
+        """Give ``req`` to a worker with free credit, or queue it (at the front if ``first``:
+        it was in line before the ones waiting now)."""
+        req.worker = None
+        while (link := route.take()) is not None:
+            if self._dispatch(link, req, now):
+                return
+        req.deadline = now + route.queue_timeout
+        if first:
+            route.queue.appendleft(req)
+        else:
+            route.queue.append(req)
+        if req.deadline < self.next_expiry:
+            self.next_expiry = req.deadline
+
+    def _dispatch(self, link: WorkerLink, req: ClientRequest, now: float) -> bool:
+        """Send ``req`` to ``link`` (taken from its route's deques). False: the worker's
+        connection is gone or full; the link has been dropped and ``req`` is still the
+        caller's to place."""
         self.sequence += 1
         req.token = self.sequence.to_bytes(8, "big")
-        try:
-            send_frames(self.backend,
-                        mdp.worker_request(link.identity, link.version, req.token, req.body))
-        except zmq.ZMQError:  # its connection is gone (ROUTER_MANDATORY) or it is flooded
-            self._drop_link(link, now)
-            self._requeue(link.route, req, now)
-            return
+        if self.to_worker(mdp.worker_request(link.identity, link.version, req.token, req.body)):
+            self._lost(link, now)
+            return False
         req.worker = link
         link.inflight.append(req)
         if len(link.inflight) == 1:
@@ -209,96 +238,112 @@ class Broker:
             req.deadline = None  # waiting in the worker: its clock starts with it
         if len(link.inflight) < link.capacity and not link.retiring:
             link.route.offer(link)
+        return True
 
     def _started(self, req: ClientRequest, link: WorkerLink, now: float) -> None:
         req.deadline = now + link.route.request_timeout
         if req.deadline < self.next_expiry:
             self.next_expiry = req.deadline
 
-    def _requeue(self, route: Route, req: ClientRequest, now: float) -> None:
-        """A request that has not been answered goes first in line again."""
-        req.worker = None
-        if self.stopping:
-            self._error(req, b"503", "shutting_down", "the daemon is shutting down", now)
-            return
-        link = route.take()
-        if link is not None:
-            self._dispatch(link, req, now)
-        else:
-            req.deadline = now + route.queue_timeout
-            route.queue.appendleft(req)
-            self.next_expiry = min(self.next_expiry, req.deadline)
-
-    def _mmi(self, req: ClientRequest) -> None:
-        """8/MMI: the body is replaced by a status code, the service frame kept."""
+    def _mmi(self, req: ClientRequest, now: float) -> None:
+        """8/MMI: the body is replaced by a status code, the service frame kept. mmi.service
+        says "200" only while a worker that can take requests is registered: external ones
+        are probed first, so one whose connection is gone does not count."""
         if req.service == MMI_SERVICE:
             route = self.routes.get(req.body[0]) if len(req.body) == 1 else None
-            code = b"200" if route is not None and route.workers > 0 else b"404"
+            if route is not None and route.workers:
+                for link in [w for w in self.workers.values() if w.route is route and w.external]:
+                    self._probe(link, now)
+            live = route is not None and any(w.route is route and not w.retiring
+                                             for w in self.workers.values())
+            code = b"200" if live else b"404"
         else:
             code = b"501"
-        self._send_client(mdp.client_reply(req.client, req.version, req.service, [code]))
+        self.to_client(mdp.client_reply(req.client, req.version, req.service, [code]))
 
     def _error(self, req: ClientRequest, status: bytes, error: str, message: str,
-               now: float | None = None) -> None:
+               now: float) -> None:
         body = [status, json.dumps({"error": error, "message": message}).encode()]
-        self._send_client(mdp.client_reply(req.client, req.version, req.service, body))
+        self.to_client(mdp.client_reply(req.client, req.version, req.service, body))
         route = self.routes.get(req.service)
         if route is not None:
-            route.answered(status, (now if now is not None else req.arrived) - req.arrived)
+            route.answered(status, now - req.arrived)
         else:
             self.unknown_service += 1
 
-    def _bad_client(self, frames: list[bytes], problem: str, now: float) -> None:
-        self._protocol_error("frontend", problem, frames[0] if frames else b"", now)
+    def _bad_client(self, frames: list, problem: str, now: float) -> None:
+        self._complain(ev.PROTOCOL_ERROR, now, socket="frontend", error=problem,
+                       peer=frames[0].hex()[:64] if frames else "")
         version = mdp.replyable_version(frames)
         if version is not None:
             body = [b"400", json.dumps({"error": "bad_request", "message": problem}).encode()]
-            self._send_client(mdp.client_reply(frames[0], version, b"", body))
-
-    def _send_client(self, frames: list) -> None:
-        try:
-            send_frames(self.frontend, frames)
-        except zmq.ZMQError:
-            pass  # the client went away or stopped reading: its reply is dropped, nothing kept
+            self.to_client(mdp.client_reply(frames[0], version, b"", body))
 
     # --- workers ------------------------------------------------------------------------
 
-    def on_backend(self, now: float) -> None:
-        """Handle every message waiting on the backend socket."""
-        backend, workers = self.backend, self.workers
-        while True:
-            try:
-                frames = recv_frames(backend)
-            except zmq.Again:
-                return
-            try:
-                msg = mdp.parse_worker(frames)
-            except mdp.ProtocolError as e:
-                self._protocol_error("backend", str(e), frames[0], now)
-                continue
-            link = workers.get(msg.identity)
-            if link is not None:
-                link.last_seen = now
+    def from_worker(self, frames: list, now: float, key: str | None = None) -> None:
+        """One message received on the backend; ``key``: the sender's CURVE key, if any."""
+        try:
+            msg = mdp.parse_worker(frames)
+        except mdp.ProtocolError as e:
+            self._complain(ev.PROTOCOL_ERROR, now, socket="backend", error=str(e),
+                           peer=frames[0].hex()[:64])
+            return
+        link = self.workers.get(msg.identity)
+        if link is not None:
+            link.last_seen = now
+        if msg.command == mdp.READY:
+            self._ready(msg, link, now, key)
+        else:
             self.commands[msg.command](msg, link, now)
 
-    def _ready(self, msg: mdp.WorkerMessage, link: WorkerLink | None, now: float) -> None:
-        if link is not None or msg.service[:4] == b"mmi.":
-            # A second READY, or a worker claiming a broker-internal service: MDP says
-            # answer a valid but unexpected command with DISCONNECT.
-            self._refuse(msg, "second READY" if link else "mmi.* services belong to the broker",
-                         now)
+    def _ready(self, msg: mdp.WorkerMessage, link: WorkerLink | None, now: float,
+               key: str | None = None) -> None:
+        if link is not None:
+            self._refuse(msg, "second READY", now)  # MDP: an unexpected command → DISCONNECT
             return
         verdict = self.hooks.worker_ready(msg.identity, msg.service, now)
         if verdict is False:
             self._refuse(msg, "READY not expected from this worker now", now)
             return
         route = self.routes.get(msg.service)
-        if route is None:
-            route = self.routes[msg.service] = Route(msg.service, False, *EXTERNAL_SERVICE)
+        if verdict is None:
+            why = self._admission(msg.service, route, key)
+            if why:
+                self._refuse(msg, why, now, event=ev.WORKER_REFUSED)
+                return
+            if route is None:
+                route = self.routes[msg.service] = Route(msg.service, self.unconfigured, False)
+        elif route is None:  # one of ours, for a service the broker does not know: refuse
+            self._refuse(msg, "no such configured service", now)
+            return
         link = WorkerLink(msg.identity, route, msg.version, verdict is None, now)
         self.workers[msg.identity] = link
         route.workers += 1
         self._release(link, now)
+
+    def _admission(self, service: bytes, route: Route | None, key: str | None) -> str:
+        """Why an external worker may not serve ``service`` ("" if it may)."""
+        name = service.decode(errors="replace")
+        if service[:4] == b"mmi.":
+            return "mmi.* services belong to the broker"
+        if route is not None and route.configured:
+            if not route.external:
+                return (f"service {name!r} does not take external workers "
+                        f"([services.{name}] external = false)")
+            if route.keys is not None and key not in route.keys:
+                return (f"this worker's CURVE key may not serve {name!r} "
+                        f"([services.{name}] external_keys)")
+            return ""
+        if route is None:
+            if not self.external_services:
+                return (f"service {name!r} is not configured and [broker] external_services "
+                        "is false")
+            unconfigured = sum(not r.configured for r in self.routes.values())
+            if unconfigured >= self.max_external_services:
+                return (f"{unconfigured} services are not configured already "
+                        "([broker] max_external_services)")
+        return ""
 
     def _release(self, link: WorkerLink, now: float) -> None:
         """The worker has free credit: fill it from the queue, or offer it to the route."""
@@ -309,9 +354,10 @@ class Broker:
             return
         route.withdraw(link)
         while route.queue and len(link.inflight) < link.capacity:
-            self._dispatch(link, route.queue.popleft(), now)
-            if link.identity not in self.workers:
-                return  # the send failed: the link is gone, the request requeued
+            req = route.queue.popleft()
+            if not self._dispatch(link, req, now):
+                self._place(route, req, now, first=True)  # the link is gone: others may take it
+                return
             route.withdraw(link)
         if len(link.inflight) < link.capacity:
             route.offer(link)
@@ -322,22 +368,32 @@ class Broker:
         req = self._current_for(msg, link, now)
         if req is None:
             return
-        self._send_client(mdp.client_reply(req.client, req.version, req.service, msg.body))
-        link.route.answered(msg.body[0] if msg.body else b"", now - req.arrived)
+        route = link.route
+        label = status_label(msg.body[0])
+        if label is OTHER_STATUS and route.checked:
+            self._complain(ev.BAD_REPLY, now, service=route.name.decode(errors="replace"),
+                           worker=msg.identity.hex(), status=msg.body[0][:32].hex(),
+                           action='answered "502" bad_reply')
+            self._error(req, b"502", "bad_reply", "the worker's reply does not follow tacore's "
+                        "body convention ([status][body])", now)
+        else:
+            self.to_client(mdp.client_reply(req.client, req.version, req.service, msg.body))
+            route.answered(label, now - req.arrived)
         link.inflight.popleft()
         req.worker = None
         link.requests += 1
         if not link.external:
             self.hooks.worker_replied(link.identity, now)
+        if link.identity not in self.workers:  # the daemon dropped it meanwhile
+            return
         if link.inflight:
             self._started(link.inflight[0], link, now)  # the worker goes on with the next one
-        if link.identity in self.workers:  # (the daemon may have dropped it meanwhile)
-            self._release(link, now)
+        self._release(link, now)
 
     def _partial(self, msg: mdp.WorkerMessage, link: WorkerLink | None, now: float) -> None:
         req = self._current_for(msg, link, now)
         if req is not None and req.version == 2:  # a 0.1 client takes exactly one message
-            self._send_client(mdp.client_reply(req.client, 2, req.service, msg.body, final=False))
+            self.to_client(mdp.client_reply(req.client, 2, req.service, msg.body, final=False))
 
     def _current_for(self, msg, link, now) -> ClientRequest | None:
         """The request a reply answers; a reply nobody asked for is refused or dropped."""
@@ -345,83 +401,105 @@ class Broker:
             self._refuse(msg, "a reply without a request", now)
             return None
         if msg.client != link.inflight[0].token:
-            self._protocol_error("backend", "a reply for another request", msg.identity, now)
+            self._complain(ev.PROTOCOL_ERROR, now, socket="backend",
+                           error="a reply for another request", peer=msg.identity.hex()[:64])
             return None
         return link.inflight[0]
 
     def _heartbeat(self, msg: mdp.WorkerMessage, link: WorkerLink | None, now: float) -> None:
         if link is None:
             # Not registered (e.g. it outlived a daemon restart): make it reconnect and READY.
-            self._send_worker(msg.identity, msg.version, mdp.DISCONNECT)
+            self.to_worker(mdp.worker_command(msg.identity, msg.version, mdp.DISCONNECT))
 
     def _disconnect(self, msg: mdp.WorkerMessage, link: WorkerLink | None, now: float) -> None:
         if link is not None:
             self._drop_link(link, now)
 
-    def _refuse(self, msg: mdp.WorkerMessage, why: str, now: float) -> None:
-        self._protocol_error("backend", why, msg.identity, now)
+    def _refuse(self, msg: mdp.WorkerMessage, why: str, now: float,
+                event: str = ev.PROTOCOL_ERROR) -> None:
+        fields = {"socket": "backend", "error": why} if event == ev.PROTOCOL_ERROR else {
+            "service": msg.service.decode(errors="replace"), "reason": why}
+        self._complain(event, now, peer=msg.identity.hex()[:64], **fields)
         link = self.workers.get(msg.identity)
         if link is not None:
             self._drop_link(link, now)
-        self._send_worker(msg.identity, msg.version, mdp.DISCONNECT)
+        self.to_worker(mdp.worker_command(msg.identity, msg.version, mdp.DISCONNECT))
 
-    def _send_worker(self, identity: bytes, version: int, command: str) -> None:
-        try:
-            send_frames(self.backend, mdp.worker_command(identity, version, command))
-        except zmq.ZMQError:
-            pass  # the peer is gone (ROUTER_MANDATORY) or its queue is full: nothing to tell
+    def _probe(self, link: WorkerLink, now: float) -> None:
+        """HEARTBEAT the worker; a connection that is gone drops it at once."""
+        if self.to_worker(mdp.worker_command(link.identity, link.version,
+                                             mdp.HEARTBEAT)) == GONE:
+            self._lost(link, now)
 
-    def _drop_link(self, link: WorkerLink, now: float) -> None:
-        """Unregister a worker. Its running request is retried once or answered "502"; the
-        ones waiting behind it never started, so they go back to the front of the queue."""
+    def _lost(self, link: WorkerLink, now: float) -> None:
+        """A send found the worker's connection gone (or full): unregister it."""
+        self.hooks.emit(Event(ev.WORKER_LOST, {
+            "service": link.route.name.decode(errors="replace"), "worker": link.identity.hex(),
+            "external": link.external, "requests": len(link.inflight)}, severity="warning"))
+        self._drop_link(link, now)  # (one of ours reconnects and says READY again)
+
+    def _drop_link(self, link: WorkerLink, now: float, started: bool = True) -> None:
+        """Unregister a worker. Its running request (if ``started``) is retried once or
+        answered "502"; the ones waiting behind it never started, so they go back to the
+        front of the queue. A route whose last external worker left keeps its queue for
+        queue_timeout: a worker that reconnects picks the requests up."""
         if self.workers.pop(link.identity, None) is None:
             return
         route = link.route
         route.workers -= 1
         route.withdraw(link)
+        if route.workers == 0:
+            route.linger_until = now + (route.queue_timeout if link.external else 0.0)
         inflight, link.inflight = link.inflight, deque()
-        if inflight:
-            running = inflight.popleft()
-            for req in reversed(inflight):
-                self._requeue(route, req, now)
-            if route.retry_on_failure and not running.retried:
-                running.retried = True
-                self._requeue(route, running, now)
-            else:
-                self._error(running, b"502", "worker_died",
-                            "the worker died while handling the request", now)
-        if not route.configured and route.workers == 0 and not route.queue:
-            del self.routes[route.name]  # an external-only service is gone with its workers
+        running = inflight.popleft() if inflight and started else None
+        for req in reversed(inflight):
+            self._requeue(route, req, now)
+        if running is None:
+            return
+        if route.retry_on_failure and not running.retried:
+            running.retried = True
+            self._requeue(route, running, now)
+        else:
+            running.worker = None
+            self._error(running, b"502", "worker_died",
+                        "the worker died while handling the request", now)
+
+    def _requeue(self, route: Route, req: ClientRequest, now: float) -> None:
+        """A request that has not been answered goes first in line again."""
+        if self.stopping:
+            req.worker = None
+            self._error(req, b"503", "shutting_down", "the daemon is shutting down", now)
+        else:
+            self._place(route, req, now, first=True)
 
     # --- what the daemon calls ----------------------------------------------------------
 
     def start(self, now: float) -> None:
         self.next_heartbeat = now + self.interval
 
-    def configure(self, heartbeat_interval: float, liveness: int, services: dict,
-                  now: float) -> None:
-        """A reloaded configuration: new heartbeat pace, new, changed and removed services."""
-        self.interval, self.expiry = heartbeat_interval, heartbeat_interval * liveness
+    def configure(self, broker, services: dict, now: float) -> None:
+        """Apply [broker] and [services.*]: new heartbeat pace, new, changed and removed
+        services."""
+        self.interval = broker.heartbeat_interval
+        self.expiry = broker.heartbeat_interval * broker.heartbeat_liveness
         self.next_heartbeat = min(self.next_heartbeat, now + self.interval)
+        self.external_services = broker.external_services
+        self.max_external_services = broker.max_external_services
+        self.unconfigured = ServiceConfig(name="", workers=0)  # the schema's defaults
         for name, s in services.items():
-            settings = (s.queue_limit, s.queue_timeout, s.request_timeout, s.retry_on_failure,
-                        s.prefetch)
             route = self.routes.get(name.encode())
             if route is None:
-                self.routes[name.encode()] = Route(name.encode(), True, *settings)
+                self.routes[name.encode()] = Route(name.encode(), s, True)
             else:
-                route.configured = True
-                (route.queue_limit, route.queue_timeout, route.request_timeout,
-                 route.retry_on_failure, route.prefetch) = settings
+                route.apply(s, True)
         for route in [r for r in self.routes.values()
                       if r.configured and r.name.decode() not in services]:
-            route.configured = False
+            route.apply(self.unconfigured, False)
+            route.linger_until = now
             while route.queue:
                 self._error(route.queue.popleft(), b"503", "service_removed",
                             f"service {route.name.decode()!r} was removed from the configuration",
                             now)
-            if route.workers == 0:
-                del self.routes[route.name]
 
     def forget(self, identity: bytes, now: float) -> None:
         """This worker's process is gone."""
@@ -445,7 +523,7 @@ class Broker:
                             "the daemon is shutting down", now)
 
     def tick(self, now: float) -> None:
-        """Expire queued and running requests past their deadline; heartbeat idle workers."""
+        """Expire queued and running requests past their deadline; heartbeat workers."""
         if now >= self.next_expiry:
             self._expire(now)
         if now < self.next_heartbeat:
@@ -453,7 +531,8 @@ class Broker:
         if now - self.next_heartbeat > self.expiry / 2:
             # The daemon itself did not run (stopped, suspended, starved): the workers' silence
             # is not theirs. Start counting again instead of killing every one of them.
-            self.hooks.emit(Event(ev.DAEMON_STALLED, {"seconds": round(now - self.next_heartbeat, 3)},
+            self.hooks.emit(Event(ev.DAEMON_STALLED,
+                                  {"seconds": round(now - self.next_heartbeat, 3)},
                                   severity="warning"))
             for link in self.workers.values():
                 link.last_seen = max(link.last_seen, now)
@@ -461,15 +540,23 @@ class Broker:
                      if not w.inflight and now - w.last_seen > self.expiry]:
             self._drop_link(link, now)
             if link.external:
-                self._send_worker(link.identity, link.version, mdp.DISCONNECT)
+                self.to_worker(mdp.worker_command(link.identity, link.version, mdp.DISCONNECT))
             self.hooks.worker_expired(link.identity, now, now - link.last_seen)
-        for link in list(self.workers.values()):
-            if not link.inflight:
-                self._send_worker(link.identity, link.version, mdp.HEARTBEAT)
+        for link in [w for w in self.workers.values() if w.external or not w.inflight]:
+            if link.identity in self.workers:
+                self._probe(link, now)
+        self._collect(now)
         self.next_heartbeat = now + self.interval
 
+    def _collect(self, now: float) -> None:
+        """Delete the routes of services that are not configured, have had no worker for
+        queue_timeout and hold no request (a queued one is answered at its deadline)."""
+        for route in [r for r in self.routes.values() if not r.configured and r.workers == 0
+                      and not r.queue and now >= r.linger_until]:
+            del self.routes[route.name]
+
     def _expire(self, now: float) -> None:
-        earliest = float("inf")
+        earliest = self.next_expiry = float("inf")  # what moves below lowers it again
         for route in self.routes.values():
             queue = route.queue
             while queue and queue[0].deadline <= now:
@@ -480,39 +567,36 @@ class Broker:
                 earliest = min(earliest, queue[0].deadline)
         for link in list(self.workers.values()):
             req = link.current
-            if req is None:
+            if req is None or link.identity not in self.workers:
                 continue
             if req.deadline > now:
                 earliest = min(earliest, req.deadline)
                 continue
             link.inflight.popleft()  # answered here: a late reply finds no request
-            waiting, link.inflight = link.inflight, deque()
+            req.worker = None
             self._error(req, b"504", "timeout", f"the request exceeded request_timeout "
                         f"({link.route.request_timeout:g}s)", now)
-            self._drop_link(link, now)
-            for later in reversed(waiting):  # never started: other workers take them
-                self._requeue(link.route, later, now)
+            self._drop_link(link, now, started=False)  # the ones behind it go to others
             if link.external:
-                self._send_worker(link.identity, link.version, mdp.DISCONNECT)
+                self.to_worker(mdp.worker_command(link.identity, link.version, mdp.DISCONNECT))
             else:
                 self.hooks.request_timed_out(link.identity, now, now - req.arrived)
-        self.next_expiry = earliest
+        self.next_expiry = min(self.next_expiry, earliest)
 
     def next_deadline(self) -> float:
         return min(self.next_heartbeat, self.next_expiry)
 
-    def _protocol_error(self, socket: str, problem: str, peer: bytes, now: float) -> None:
-        """Log garbage, at most PROTOCOL_ERRORS_PER_SECOND lines a second (a flood is counted)."""
-        if now - self.errors_window >= 1.0:
-            if self.errors_suppressed:
-                self.hooks.emit(Event(ev.PROTOCOL_ERROR, {"suppressed": self.errors_suppressed}))
-            self.errors_window, self.errors_in_window, self.errors_suppressed = now, 0, 0
-        self.errors_in_window += 1
-        if self.errors_in_window > PROTOCOL_ERRORS_PER_SECOND:
-            self.errors_suppressed += 1
+    def _complain(self, event: str, now: float, **fields) -> None:
+        """Log a bad peer, at most COMPLAINTS_PER_SECOND lines a second (a flood is counted)."""
+        if now - self.complaint_window >= 1.0:
+            if self.suppressed:
+                self.hooks.emit(Event(ev.PROTOCOL_ERROR, {"suppressed": self.suppressed}))
+            self.complaint_window, self.complaints, self.suppressed = now, 0, 0
+        self.complaints += 1
+        if self.complaints > COMPLAINTS_PER_SECOND:
+            self.suppressed += 1
             return
-        self.hooks.emit(Event(ev.PROTOCOL_ERROR, {"socket": socket, "error": problem,
-                                                  "peer": peer.hex()[:64]}))
+        self.hooks.emit(Event(event, fields))
 
     # --- what status reads --------------------------------------------------------------
 

@@ -27,6 +27,17 @@ def recv_frames(sock: zmq.Socket, flags: int = NOBLOCK) -> list[bytes]:
     return parts
 
 
+def recv_keyed(sock: zmq.Socket, flags: int = NOBLOCK) -> tuple[list[bytes], str | None]:
+    """One whole message and the ZAP user id of its sender (under CURVE, its z85 key)."""
+    frame = _recv(sock, flags, False)
+    key = frame.get("User-Id")
+    parts = [frame.bytes]
+    while frame.more:
+        frame = _recv(sock, 0, False)
+        parts.append(frame.bytes)
+    return parts, key
+
+
 def send_frames(sock: zmq.Socket, frames, flags: int = NOBLOCK) -> None:
     """One whole message; with NOBLOCK, a peer that cannot take it raises at the first frame."""
     more = flags | MORE

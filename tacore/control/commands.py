@@ -135,7 +135,7 @@ def _target(args: dict) -> tuple[str, int | None]:
 def _on_slots(operation, service, arg, **kw):
     try:
         return operation(service, arg, time.monotonic(), **kw)
-    except KeyError as e:
+    except (KeyError, ValueError) as e:
         raise CommandError(e.args[0]) from None
 
 

@@ -21,7 +21,8 @@ import zmq
 
 from tacore import __version__
 from tacore import events as ev
-from tacore.brokering.broker import Broker
+from tacore.brokering.broker import FULL, GONE, Broker
+from tacore.brokering.frames import recv_frames, recv_keyed, send_frames
 from tacore import config as configuration
 from tacore.config import Config, kept_as_running, restart_needed
 from tacore.control.commands import assess_health
@@ -109,17 +110,24 @@ class Daemon:
         self.backend = self._socket(zmq.ROUTER, [broker.backend], "backend", broker)
         self.backend.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a vanished worker is an error, not a loss
         self.backend.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting worker replaces itself
+        if broker.backend.startswith("tcp://"):
+            # A host that vanishes (power, partition) closes no connection: ZMTP heartbeats
+            # notice it, so the next send to its workers fails and their requests get "502".
+            interval_ms = int(broker.heartbeat_interval * 1000)
+            self.backend.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
+            self.backend.setsockopt(zmq.HEARTBEAT_TIMEOUT, interval_ms * broker.heartbeat_liveness)
         self.control_sock = self._socket(zmq.ROUTER, [control.endpoint], "control", control,
                                          group=control.group)
-        self.broker = Broker(self.frontend, self.backend, broker.heartbeat_interval,
-                             broker.heartbeat_liveness, self.config.services, hooks=self)
+        self.broker = Broker(self._to_client, self._to_worker, broker, self.config.services,
+                             hooks=self)
         self.supervisor = Supervisor(
             self.config, self.emit, self._watch, self._unwatch, forget=self.broker.forget,
             retire=self.broker.retire,
             worker_curve=client_keys(broker.curve_secret_key) if broker.curve_secret_key else None)
         self.control = ControlServer(self.control_sock, self, self.emit)
-        self._watch(self.frontend, self.broker.on_frontend)
-        self._watch(self.backend, self.broker.on_backend)
+        self._watch(self.frontend, self._on_frontend)
+        self._watch(self.backend, self._on_backend_keyed if broker.curve_secret_key
+                    else self._on_backend)
         self._watch(self.control_sock, self.control.on_readable)
         if self.config.http.listen:
             sock = self._socket(zmq.STREAM, [f"tcp://{self.config.http.listen}"], "http")
@@ -177,6 +185,51 @@ class Daemon:
             if handler is not None and registered <= polled_at:
                 handler(time.monotonic())
 
+    # --- the broker's sockets: everything received goes to it, what it sends goes out ----
+
+    def _on_frontend(self, now: float) -> None:
+        sock, broker = self.frontend, self.broker
+        while True:
+            try:
+                frames = recv_frames(sock)
+            except zmq.Again:
+                return
+            broker.from_client(frames, now)
+
+    def _on_backend(self, now: float) -> None:
+        sock, broker = self.backend, self.broker
+        while True:
+            try:
+                frames = recv_frames(sock)
+            except zmq.Again:
+                return
+            broker.from_worker(frames, now)
+
+    def _on_backend_keyed(self, now: float) -> None:
+        """The backend under CURVE: each message comes with its sender's public key."""
+        sock, broker = self.backend, self.broker
+        while True:
+            try:
+                frames, key = recv_keyed(sock)
+            except zmq.Again:
+                return
+            broker.from_worker(frames, now, key)
+
+    def _to_client(self, frames: list) -> None:
+        try:
+            send_frames(self.frontend, frames)
+        except zmq.ZMQError:
+            pass  # the client went away or stopped reading: its reply is dropped, nothing kept
+
+    def _to_worker(self, frames: list) -> str | None:
+        try:
+            send_frames(self.backend, frames)
+        except zmq.Again:
+            return FULL  # its queue is full (a worker that stopped reading)
+        except zmq.ZMQError:
+            return GONE  # ROUTER_MANDATORY: no connection with that identity any more
+        return None
+
     def _fire_deadlines(self, now: float) -> None:
         self.broker.tick(now)
         self.supervisor.tick(now)
@@ -196,6 +249,9 @@ class Daemon:
         except psutil.Error:
             pass
         self.loop_lag = 0.0
+        for name in [n for n in self.latency_marks if n not in self.broker.routes]:
+            del self.latency_marks[name]  # a service that is gone
+            self.recent_latency.pop(name.decode(errors="replace"), None)
         for name, route in self.broker.routes.items():
             mark = self.latency_marks.get(name)
             window = route.latency.since(mark) if mark else route.latency
@@ -294,8 +350,7 @@ class Daemon:
             self.log = configure_logging(config.daemon.log_level, self.config.daemon.log_format)
         config = kept_as_running(self.config, config)
         report = self.supervisor.reconfigure(config, now)
-        self.broker.configure(config.broker.heartbeat_interval, config.broker.heartbeat_liveness,
-                              config.services, now)
+        self.broker.configure(config.broker, config.services, now)
         self.config = config
         result = {"ok": True, **report, "not_applied": not_applied}
         self.emit(Event(ev.DAEMON_RELOAD, {"config": str(config.path), **result}))
