@@ -125,3 +125,33 @@ def _has_group(name: str) -> bool:
         return True
     except KeyError:
         return False
+
+
+def first_reply(endpoint: str, service: bytes, keypair, server_key, timeout=2.0) -> bytes:
+    """READY as an MDP worker with ``keypair``; the command of the broker's first answer."""
+    with zmq.Context.instance().socket(zmq.DEALER) as sock:
+        sock.setsockopt(zmq.LINGER, 0)
+        for option, value in curve_options(str(keypair[1]), str(server_key)).items():
+            setattr(sock, option, value)
+        sock.connect(endpoint)
+        sock.send_multipart([b"", b"MDPW01", b"\x01", service])
+        assert sock.poll(timeout * 1000), "no answer from the broker"
+        return sock.recv_multipart()[2]
+
+
+def test_an_authorized_key_serves_only_its_services(start_daemon, keys, workdir):
+    """[services.NAME] external_keys: of the authorized keys, only those may serve NAME."""
+    other = workdir / "server" / "authorized"
+    assert ctl("keygen", str(other), "other").returncode == 0
+    port = free_port()
+    d = start_daemon({"tool": {"handler": "tests.workers:Tool"},
+                      "limited": {"workers": 0, "external_keys": [str(keys["client"][0])]}},
+                     broker={"backend": f"tcp://127.0.0.1:{port}", "heartbeat_interval": 0.1,
+                             "curve_secret_key": str(keys["daemon"][1]),
+                             "curve_authorized_keys": str(keys["authorized"])})
+    backend, server = f"tcp://127.0.0.1:{port}", keys["daemon"][0]
+    pair = (other / "other.key", other / "other.key_secret")
+    assert first_reply(backend, b"limited", pair, server) == b"\x05"  # DISCONNECT
+    assert "external_keys" in d.wait_event("worker.refused", service="limited")[0]["reason"]
+    assert first_reply(backend, b"limited", keys["client"], server) == b"\x04"  # HEARTBEAT
+    assert first_reply(backend, b"elsewhere", pair, server) == b"\x04"  # not limited
