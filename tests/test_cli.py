@@ -220,3 +220,17 @@ def test_status_shows_requests_and_queue(start_daemon):
     assert service["queue"] == 0 and service["requests"] == 3
     assert service["workers"][0]["requests"] == 3 and service["workers"][0]["request_age"] is None
 
+
+def test_every_command_has_an_example():
+    """tacorectl --help and each command's --help show at least one example invocation."""
+    from click.testing import CliRunner
+
+    from tacore.cli.tacorectl import main
+    runner = CliRunner()
+    for args in [[]] + [[name] for name in main.commands]:
+        result = runner.invoke(main, [*args, "--help"])
+        assert result.exit_code == 0, (args, result.output)
+        examples = [line.split() for line in result.output.splitlines()
+                    if line.strip().startswith("tacorectl ")]
+        assert "Example" in result.output and examples, (args, result.output)
+        assert all(any(name in example for example in examples) for name in args), examples
