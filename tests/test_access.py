@@ -178,3 +178,26 @@ def test_an_unreadable_config_is_a_configuration_error(open_workdir):
         assert result.returncode == 78, (program, result.stderr)
         assert f"{config}: cannot read the configuration file: Permission denied" \
             in result.stderr
+
+
+@needs_root
+def test_a_socket_file_the_daemon_may_not_probe_exits_73(open_workdir):
+    """A frontend path holding someone else's socket file, not open to the daemon's user: it
+    cannot tell a live socket from a stale one, so exit 73 naming [broker] frontend (no crash,
+    nothing removed)."""
+    from tests.conftest import write_config
+    home = open_workdir / "nobody"
+    home.mkdir()
+    os.chown(home, nobody().pw_uid, nobody().pw_gid)
+    theirs = open_workdir / "theirs.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(theirs))
+    stale.close()
+    os.chmod(theirs, 0o600)
+    config = write_config(home / "t.toml", ECHO, broker={"frontend": [f"ipc://{theirs}"]})
+    os.chmod(config, 0o644)
+    result = as_nobody("tacored", "--config", str(config))
+    assert result.returncode == 73, result.stderr
+    assert (f"tacored: {config}: [broker] frontend: cannot bind ipc://{theirs}: {theirs} exists "
+            "and this user cannot tell whether it is in use (Permission denied)") in result.stderr
+    assert theirs.exists()

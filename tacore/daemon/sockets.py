@@ -175,13 +175,27 @@ def _check_ipc_path(endpoint: str, path: str, setting: str) -> None:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
-    except OSError:
-        os.unlink(path)  # nobody listens: left behind by a daemon that died
+    except ConnectionRefusedError:
+        _remove_stale(endpoint, path, setting)  # nobody listens: left by a daemon that died
         return
+    except OSError as e:  # e.g. not open to this user: whether it is live cannot be known
+        raise StartupError(setting, f"cannot bind {endpoint}: {path} exists and this user "
+                           f"cannot tell whether it is in use ({e.strerror}); remove it, or "
+                           "choose another endpoint", EX_CANTCREAT) from None
     finally:
         probe.close()
     raise StartupError(setting, f"cannot bind {endpoint}: address in use by another process; "
                        "stop it, or choose another endpoint", EX_UNAVAILABLE)
+
+
+def _remove_stale(endpoint: str, path: str, setting: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise StartupError(setting, f"cannot bind {endpoint}: a stale socket file {path} "
+                           f"cannot be removed: {e.strerror}", EX_CANTCREAT) from None
 
 
 def unlink_ipc(endpoint: str) -> None:
