@@ -8,6 +8,7 @@ CONFIG ?= etc/tacore.toml
 PREFIX ?= /opt/tacore
 SYSCONFDIR ?= /etc/tacore
 UNITDIR ?= /etc/systemd/system
+SYSUSERSDIR ?= /etc/sysusers.d
 INSTALL_FROM ?= .
 PIP_ARGS ?=
 
@@ -38,14 +39,18 @@ fuzz: $(STAMP)  ## the hypothesis fuzz tests with FUZZ_EXAMPLES examples each
 	TACORE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -p no:cacheprovider -o timeout=0 \
 		tests/test_fuzz.py tests/test_resilience.py -k "fuzz or garbage" -q
 
-install:  ## as root: venv in $(PREFIX), $(SYSCONFDIR)/tacore.toml, the systemd unit
+install:  ## as root: venv in $(PREFIX), $(SYSCONFDIR)/tacore.toml, group tacore-clients, the unit
 	$(PYTHON) -m venv $(PREFIX)
 	$(PREFIX)/bin/pip install --quiet $(PIP_ARGS) $(INSTALL_FROM)
+	install -D -m 0644 systemd/tacore.sysusers $(SYSUSERSDIR)/tacore.conf
+	if command -v systemd-sysusers >/dev/null; then systemd-sysusers $(SYSUSERSDIR)/tacore.conf; \
+	else getent group tacore-clients >/dev/null || groupadd --system tacore-clients; fi
 	install -d -m 0755 $(SYSCONFDIR)
-	test -e $(SYSCONFDIR)/tacore.toml || sed \
+	test -e $(SYSCONFDIR)/tacore.toml || { sed \
 		-e 's|^# runtime_dir = "/run/tacore"|runtime_dir = "/run/tacore"|' \
 		-e 's|^# state_dir = "/var/lib/tacore"|state_dir = "/var/lib/tacore"|' \
-		etc/tacore.toml > $(SYSCONFDIR)/tacore.toml
+		-e 's|^# group = "tacore-clients"|group = "tacore-clients"|' \
+		etc/tacore.toml > $(SYSCONFDIR)/tacore.toml && chmod 0644 $(SYSCONFDIR)/tacore.toml; }
 	install -D -m 0644 systemd/tacore.service $(UNITDIR)/tacore.service
 	-systemctl daemon-reload 2>/dev/null
 

@@ -8,6 +8,10 @@
     except CallError as e:
         print(e.status, e.error, e.message)
 
+An ipc endpoint this process may not connect to (its socket file or directory is not open to
+the user) raises ``AccessDenied`` at once, naming the file and the group to join, instead of
+waiting out the timeout: ZeroMQ itself would only stay silent.
+
 A Client may be shared by threads: each thread gets its own socket, and ``close()`` (or leaving
 a ``with Client(...)`` block) closes them all once the threads are done. With ``retries > 0`` a
 call that gets no reply within ``timeout`` is sent again on a fresh socket ("Lazy Pirate"), so
@@ -21,9 +25,10 @@ import threading
 
 import zmq
 
+from tacore.access import denied
 from tacore.brokering.protocol import C_V1
 
-__all__ = ["Client", "CallError", "CallTimeout"]
+__all__ = ["Client", "CallError", "CallTimeout", "AccessDenied"]
 
 
 class CallError(Exception):
@@ -36,6 +41,14 @@ class CallError(Exception):
 
 class CallTimeout(CallError):
     """No reply within the timeout, after every retry (``status`` is None)."""
+
+
+class AccessDenied(CallError):
+    """This process may not connect to the ipc endpoint (``status`` is None); ``message`` names
+    the socket file, its group, and what to do."""
+
+    def __init__(self, message: str):
+        super().__init__(None, "permission_denied", message)
 
 
 class Client:
@@ -56,6 +69,7 @@ class Client:
             if sock.poll(timeout * 1000):
                 return _result(sock.recv_multipart())
             self._discard()  # a REQ socket that missed its reply cannot be reused
+            self._check_access()  # the socket file may have appeared, not open to us
         raise CallTimeout(None, "timeout", f"no reply from {service!r} at {self.endpoint} "
                           f"within {timeout:g}s after {self.retries + 1} attempt(s)")
 
@@ -75,12 +89,18 @@ class Client:
     def _socket(self) -> zmq.Socket:
         sock = getattr(self._local, "sock", None)
         if sock is None or sock.closed:
+            self._check_access()
             sock = self._local.sock = self.ctx.socket(zmq.REQ)
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(self.endpoint)
             with self._lock:
                 self._sockets.add(sock)
         return sock
+
+    def _check_access(self) -> None:
+        problem = denied(self.endpoint, "[broker] group")
+        if problem:
+            raise AccessDenied(problem)
 
     def _discard(self) -> None:
         sock = getattr(self._local, "sock", None)

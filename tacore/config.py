@@ -84,6 +84,7 @@ class BrokerConfig:
     curve_authorized_keys: str | None = None
     external_services: bool = True  # may external workers register unconfigured services?
     max_external_services: int = 64  # at most this many at a time (bounds metric labels)
+    group: str | None = None  # may connect to the frontend's ipc sockets
 
 
 @dataclass(frozen=True)
@@ -322,7 +323,7 @@ CURVE_KEYS = {"curve_secret_key": secret_key_file, "curve_authorized_keys": key_
 BROKER_KEYS = {"frontend": endpoint_list, "backend": endpoint, "heartbeat_interval": duration,
                "heartbeat_liveness": _integer(1), "max_message_size": _integer(1024),
                "external_services": boolean, "max_external_services": _integer(0),
-               **CURVE_KEYS}
+               "group": group, **CURVE_KEYS}
 CONTROL_KEYS = {"endpoint": endpoint, "group": group, **CURVE_KEYS}
 STATE_KEYS = {"enabled": boolean, "sample_interval": duration, "retention_days": duration,
               "max_db_mb": duration}
@@ -395,6 +396,12 @@ def read_toml(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
+    except IsADirectoryError:
+        raise ConfigError([f"{path}: is a directory, not a configuration file; pass the file "
+                           f"itself with --config, e.g. {path / 'tacore.toml'}"]) from None
+    except PermissionError as e:
+        raise ConfigError([f"{path}: cannot read the configuration file: {e.strerror}; run "
+                           "as a user who may read it, or change its mode or group"]) from None
     except OSError as e:
         raise ConfigError([f"{path}: cannot read the configuration file: {e.strerror}; "
                            "pass an existing, readable file with --config"]) from None
@@ -566,12 +573,34 @@ def read_control_endpoint(path, env=os.environ) -> str:
     control = data.get("control", {})
     if isinstance(control, dict) and isinstance(control.get("endpoint"), str):
         return control["endpoint"]
+    return default_control_endpoint(_lenient_runtime_dir(path, data, env))
+
+
+def read_frontend_endpoint(path, env=os.environ) -> str:
+    """The first frontend endpoint named by a configuration file, read as leniently as
+    ``read_control_endpoint`` (only [daemon] and [broker]): ``tacorectl call`` uses it when
+    the control socket is not open to the caller."""
+    path = Path(path).absolute()
+    try:
+        data = read_toml(path)
+    except ConfigError as whole_file:
+        data = _read_sections(path, ("daemon", "broker"), whole_file)
+    broker = data.get("broker", {})
+    frontend = broker.get("frontend") if isinstance(broker, dict) else None
+    if isinstance(frontend, list) and frontend and isinstance(frontend[0], str):
+        return frontend[0]
+    return default_frontend_endpoint(_lenient_runtime_dir(path, data, env))
+
+
+def default_frontend_endpoint(runtime_dir: Path) -> str:
+    return f"ipc://{runtime_dir}/frontend.sock"
+
+
+def _lenient_runtime_dir(path: Path, data: dict, env) -> Path:
     daemon = data.get("daemon", {})
     if isinstance(daemon, dict) and isinstance(daemon.get("runtime_dir"), str):
-        runtime = (path.parent / os.path.expanduser(daemon["runtime_dir"])).resolve()
-    else:
-        runtime = default_runtime_dir(env)
-    return default_control_endpoint(runtime)
+        return (path.parent / os.path.expanduser(daemon["runtime_dir"])).resolve()
+    return default_runtime_dir(env)
 
 
 _HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\s*(#.*)?$")
@@ -602,7 +631,7 @@ def _read_sections(path: Path, wanted, error: ConfigError) -> dict:
 NEEDS_RESTART = {"daemon": ("runtime_dir", "state_dir", "log_format"),
                  "state": ("enabled",), "http": ("listen",),
                  "broker": ("frontend", "backend", "max_message_size", "curve_secret_key",
-                            "curve_authorized_keys"),
+                            "curve_authorized_keys", "group"),
                  "control": ("endpoint", "group", "curve_secret_key", "curve_authorized_keys")}
 
 

@@ -14,10 +14,12 @@ class ConfigError(Exception):
 
 
 class StartupError(Exception):
-    """The daemon cannot start for a reason outside the configuration file."""
+    """The daemon cannot start for a reason outside the configuration file; ``setting`` names
+    the key that leads to the resource, e.g. "[broker] frontend", so the message can say where
+    to change it."""
 
-    def __init__(self, message, exit_code):
-        self.exit_code = exit_code
+    def __init__(self, setting: str, message: str, exit_code: int):
+        self.setting, self.exit_code = setting, exit_code
         super().__init__(message)
 
 
@@ -25,4 +27,4 @@ class StartupError(Exception):
 EX_UNAVAILABLE = 69  # an endpoint is in use, or another daemon owns the runtime directory
 EX_CANTCREAT = 73  # a directory or socket file cannot be created
 EX_SOFTWARE = 70  # an internal error (a bug); the workers are killed first
-EX_CONFIG = 78  # any configuration problem
+EX_CONFIG = 78  # any configuration problem, including a group the daemon's user cannot use

@@ -1,4 +1,5 @@
-"""tacorectl against a real daemon, and tacored's start-up refusals (exit 69, 73, 78)."""
+"""tacorectl against a real daemon, and tacored's start-up refusals (exit 69, 73, 78), each
+naming the file and the [section] key to change."""
 
 import json
 import os
@@ -84,7 +85,8 @@ def test_second_daemon_on_the_same_runtime_dir_exits_69(start_daemon):
     d = start_daemon(ECHO)
     result = run_tacored("--config", str(d.config))
     assert result.returncode == 69
-    assert f"another tacored (pid {d.proc.pid}) already runs" in result.stderr
+    assert (f"tacored: {d.config}: [daemon] runtime_dir: another tacored (pid {d.proc.pid}) "
+            f"already runs on {d.runtime}") in result.stderr
     assert d.call("ping")["pid"] == d.proc.pid
 
 
@@ -109,8 +111,42 @@ def test_endpoint_in_use_exits_69(workdir):
     finally:
         holder.close()
     assert result.returncode == 69
-    assert f"tcp://127.0.0.1:{port}" in result.stderr and "in use" in result.stderr
+    assert (f"tacored: {config}: [broker] backend: cannot bind tcp://127.0.0.1:{port}: "
+            "Address already in use") in result.stderr
     assert not list((workdir / "run").glob("*.sock"))  # the frontend bound first: removed
+
+
+def test_ipc_frontend_in_use_exits_69(workdir):
+    """Another process listening on the frontend's socket file: exit 69, nothing stolen."""
+    path = workdir / "taken.sock"
+    holder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    holder.bind(str(path))
+    holder.listen()
+    try:
+        config = write_config(workdir / "t.toml", ECHO, broker={"frontend": [f"ipc://{path}"]})
+        result = run_tacored("--config", str(config))
+        assert path.exists()
+    finally:
+        holder.close()
+    assert result.returncode == 69
+    assert (f"tacored: {config}: [broker] frontend: cannot bind ipc://{path}: address in use "
+            "by another process") in result.stderr
+
+
+def test_http_listen_in_use_exits_69(workdir):
+    """[http] listen on a port another process holds: exit 69 naming [http] listen."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        config = write_config(workdir / "t.toml", ECHO, http={"listen": f"127.0.0.1:{port}"})
+        result = run_tacored("--config", str(config))
+    finally:
+        holder.close()
+    assert result.returncode == 69
+    assert f"tacored: {config}: [http] listen: cannot bind tcp://127.0.0.1:{port}" \
+        in result.stderr
 
 
 def test_uncreatable_runtime_dir_exits_73(workdir):
@@ -118,7 +154,33 @@ def test_uncreatable_runtime_dir_exits_73(workdir):
     (workdir / "file").write_text("")
     config = write_config(workdir / "t.toml", ECHO, daemon={"runtime_dir": str(workdir / "file" / "run")})
     result = run_tacored("--config", str(config))
-    assert result.returncode == 73 and "cannot create runtime_dir" in result.stderr
+    assert result.returncode == 73
+    assert (f"tacored: {config}: [daemon] runtime_dir: cannot create {workdir}/file/run: "
+            "Not a directory") in result.stderr
+
+
+def test_frontend_in_an_uncreatable_directory_exits_73(workdir):
+    """An ipc frontend whose directory cannot exist (a file is in the way): exit 73 naming the
+    file, [broker] frontend and the directory; no socket file is left."""
+    (workdir / "file").write_text("")
+    endpoint = f"ipc://{workdir}/file/sub/frontend.sock"
+    config = write_config(workdir / "t.toml", ECHO, broker={"frontend": [endpoint]})
+    result = run_tacored("--config", str(config))
+    assert result.returncode == 73
+    assert (f"tacored: {config}: [broker] frontend: cannot bind {endpoint}: directory "
+            f"{workdir}/file/sub: Not a directory") in result.stderr
+    assert not list((workdir / "run").glob("*.sock"))
+
+
+def test_a_directory_as_config_is_a_configuration_error(workdir):
+    """--config naming a directory: exit 78 saying so (not a usage error), for both commands."""
+    daemon = run_tacored("--config", str(workdir))
+    assert daemon.returncode == 78
+    assert f"tacored: {workdir}: is a directory, not a configuration file" in daemon.stderr
+    ctl_result = ctl("--config", str(workdir), "status")
+    assert ctl_result.returncode == 78
+    assert f"tacorectl: {workdir}: is a directory, not a configuration file" \
+        in ctl_result.stderr
 
 
 def test_runtime_dir_writable_by_others_exits_78(workdir):
@@ -127,7 +189,9 @@ def test_runtime_dir_writable_by_others_exits_78(workdir):
     os.chmod(workdir / "run", 0o777)
     config = write_config(workdir / "t.toml", ECHO)
     result = run_tacored("--config", str(config))
-    assert result.returncode == 78 and "writable by others" in result.stderr
+    assert result.returncode == 78
+    assert (f"tacored: {config}: [daemon] runtime_dir: {workdir}/run is writable by others"
+            in result.stderr)
 
 
 def test_call_prints_the_result_or_the_error(start_daemon):
@@ -155,3 +219,18 @@ def test_status_shows_requests_and_queue(start_daemon):
     service = data["services"]["ta"]
     assert service["queue"] == 0 and service["requests"] == 3
     assert service["workers"][0]["requests"] == 3 and service["workers"][0]["request_age"] is None
+
+
+def test_every_command_has_an_example():
+    """tacorectl --help and each command's --help show at least one example invocation."""
+    from click.testing import CliRunner
+
+    from tacore.cli.tacorectl import main
+    runner = CliRunner()
+    for args in [[]] + [[name] for name in main.commands]:
+        result = runner.invoke(main, [*args, "--help"])
+        assert result.exit_code == 0, (args, result.output)
+        examples = [line.split() for line in result.output.splitlines()
+                    if line.strip().startswith("tacorectl ")]
+        assert "Example" in result.output and examples, (args, result.output)
+        assert all(any(name in example for example in examples) for name in args), examples

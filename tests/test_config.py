@@ -66,6 +66,7 @@ BAD = [
     ("[control]\ncurve_secret_key = '/nonexistent.key_secret'\n", "[control] curve_secret_key: cannot load a CURVE key"),
     ("[control]\ncurve_authorized_keys = '/nonexistent'\n", "[control] curve_authorized_keys: '/nonexistent' is not a directory"),
     ("[control]\ngroup = 'no-such-group-x'\n", "[control] group: no group named 'no-such-group-x'"),
+    ("[broker]\ngroup = 'no-such-group-x'\n", "[broker] group: no group named 'no-such-group-x' on this machine; create it (groupadd)"),
     ("[broker]\nbackend = 'tcp://127.0.0.1'\n", "[broker] backend: unsupported endpoint"),
     ("[broker]\nbackend = 'ipc://relative.sock'\n", "[broker] backend: ipc endpoint 'ipc://relative.sock' must name an absolute path"),
     ("[broker]\nfrontend = 'ipc:///x.sock'\n", "[broker] frontend: must be a non-empty list"),
@@ -172,6 +173,16 @@ def test_control_endpoint_is_read_from_a_half_edited_file(tmp_path):
     assert config.read_control_endpoint(path) == "ipc:///tmp/x/control.sock"
     path.write_text('[daemon]\nruntime_dir = "run"\n[services.echo\n')
     assert config.read_control_endpoint(path) == f"ipc://{tmp_path}/run/control.sock"
+
+
+def test_frontend_endpoint_is_read_from_a_half_edited_file(tmp_path):
+    """tacorectl call finds the frontend in the file too: [broker] frontend, else runtime_dir."""
+    path = tmp_path / "t.toml"
+    path.write_text('[broker]\nfrontend = ["ipc:///tmp/x/f.sock", "tcp://127.0.0.1:5"]\n'
+                    "[services.echo]\nhandler = \n")
+    assert config.read_frontend_endpoint(path) == "ipc:///tmp/x/f.sock"
+    path.write_text('[daemon]\nruntime_dir = "run"\n[broker]\ngroup = "x"\n[services.echo\n')
+    assert config.read_frontend_endpoint(path) == f"ipc://{tmp_path}/run/frontend.sock"
 
 
 @pytest.mark.parametrize("text,expected", BAD, ids=[b[1][:40] for b in BAD])

@@ -1,7 +1,9 @@
 """``tacorectl``: the operator's view of a running daemon. Presentation only.
 
 Exit codes: 0 success, 1 the answer is bad news (e.g. unhealthy), 2 usage error,
-3 the daemon is not running or did not answer (LSB "not running"), 78 unusable config file.
+3 the daemon is not running or did not answer (LSB "not running"), 4 this user may not use the
+socket (LSB "insufficient privilege"; the message names the file and the group to join),
+78 unusable config file.
 """
 
 from __future__ import annotations
@@ -17,27 +19,66 @@ import click
 
 from tacore import __version__, config as configuration
 from tacore.cli import render
-from tacore.client import CallError, CallTimeout, Client
-from tacore.control.client import CommandFailed, ControlClient, Unreachable, curve_options
+from tacore.client import AccessDenied as FrontendDenied, CallError, CallTimeout, Client
+from tacore.control.client import (AccessDenied, CommandFailed, ControlClient, Unreachable,
+                                   curve_options)
 from tacore.errors import EX_CONFIG, ConfigError
 
 EXIT_UNHEALTHY = 1
 EXIT_NOT_RUNNING = 3
+EXIT_NO_PERMISSION = 4
 
 
 class Context:
-    def __init__(self, endpoint: str, timeout: float, curve: dict | None):
+    def __init__(self, endpoint: str, timeout: float, curve: dict | None,
+                 config_path: str | None, control_given: bool):
         self.endpoint, self.timeout, self.curve = endpoint, timeout, curve
+        self.config_path, self.control_given = config_path, control_given
 
     def call(self, command: str, **args):
         try:
-            return ControlClient(self.endpoint, self.timeout, self.curve).call(command, **args)
-        except Unreachable as e:
-            click.echo(f"tacorectl: tacored is not running or not answering: {e}", err=True)
-            sys.exit(EXIT_NOT_RUNNING)
-        except CommandFailed as e:
-            click.echo(f"tacorectl: {command} failed: {e}", err=True)
-            sys.exit(1)
+            return self._client().call(command, **args)
+        except (AccessDenied, Unreachable, CommandFailed) as e:
+            _explain(e, command)
+
+    def frontend(self) -> str:
+        """The daemon's first frontend endpoint, as the daemon reports it; when the control
+        socket is not open to this user (a client in [broker] group, not an operator), as the
+        configuration file (or the default) names it."""
+        try:
+            return self._client().call("ping")["frontend"][0]
+        except AccessDenied as e:
+            if self.control_given:
+                _fail(f"{e}; or name the frontend with --frontend ENDPOINT", EXIT_NO_PERMISSION)
+            return _endpoint_from(self.config_path, configuration.read_frontend_endpoint,
+                                  configuration.default_frontend_endpoint, "--frontend")
+        except (Unreachable, CommandFailed) as e:
+            _explain(e, "ping")
+
+    def _client(self) -> ControlClient:
+        return ControlClient(self.endpoint, self.timeout, self.curve)
+
+
+def _explain(error: Exception, command: str):
+    if isinstance(error, AccessDenied):
+        _fail(str(error), EXIT_NO_PERMISSION)
+    if isinstance(error, Unreachable):
+        _fail(f"tacored is not running or not answering: {error}", EXIT_NOT_RUNNING)
+    _fail(f"{command} failed: {error}", 1)
+
+
+def _fail(message: str, code: int):
+    click.echo(f"tacorectl: {message}", err=True)
+    sys.exit(code)
+
+
+def _endpoint_from(config_path: str | None, read, default, option: str) -> str:
+    """An endpoint as the configuration file names it, or the default without a file."""
+    try:
+        return read(config_path) if config_path else default(configuration.default_runtime_dir())
+    except ConfigError as e:
+        click.echo("\n".join(f"tacorectl: {line}" for line in e.errors), err=True)
+        _fail(f"name the socket with {option} ENDPOINT instead", EX_CONFIG)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -45,9 +86,8 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON."
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", envvar="TACORE_CONFIG", metavar="PATH",
-              type=click.Path(dir_okay=False),
-              help="The daemon's configuration file: only [daemon] and [control] are read "
-                   "(env: TACORE_CONFIG).")
+              help="The daemon's configuration file: only [daemon], [control] and (for call) "
+                   "[broker] frontend are read (env: TACORE_CONFIG).")
 @click.option("--control", "endpoint", envvar="TACORE_CONTROL", metavar="ENDPOINT",
               help="Control endpoint, e.g. ipc:///run/tacore/control.sock "
                    "(env: TACORE_CONTROL; overrides --config).")
@@ -66,20 +106,22 @@ def main(ctx, config_path, endpoint, timeout, curve_key, curve_server_key):
     """Inspect and control a running tacored.
 
     Without --config or --control, the daemon's default control socket is used
-    ($RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR/tacore, else /tmp/tacore-UID).
+    ($RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR/tacore, else /tmp/tacore-UID). Exit 4 when
+    this user may not use the socket: the message names the file and the group to join.
+
+    \b
+    Examples:
+      tacorectl --config /etc/tacore/tacore.toml status
+      TACORE_CONFIG=/etc/tacore/tacore.toml tacorectl call echo hello '"hi"'
     """
+    control_given = bool(endpoint)
     if not endpoint:
-        try:
-            endpoint = (configuration.read_control_endpoint(config_path) if config_path else
-                        configuration.default_control_endpoint(configuration.default_runtime_dir()))
-        except ConfigError as e:
-            click.echo("\n".join(f"tacorectl: {line}" for line in e.errors), err=True)
-            click.echo("tacorectl: name the socket with --control ENDPOINT instead", err=True)
-            sys.exit(EX_CONFIG)
+        endpoint = _endpoint_from(config_path, configuration.read_control_endpoint,
+                                  configuration.default_control_endpoint, "--control")
     if bool(curve_key) != bool(curve_server_key):
         raise click.UsageError("--curve-key and --curve-server-key go together")
     curve = curve_options(curve_key, curve_server_key) if curve_key else None
-    ctx.obj = Context(endpoint, timeout, curve)
+    ctx.obj = Context(endpoint, timeout, curve, config_path, control_given)
 
 
 @main.command()
@@ -129,7 +171,9 @@ def call(obj: Context, service, method, params, frontend, call_timeout):
     """Call SERVICE's METHOD with PARAMS (JSON) and print the result as JSON.
 
     Exit 0 with the result; 1 with the error (status, error, message) on stderr; 3 if the
-    daemon is not running.
+    daemon is not running; 4 if this user may not use the frontend socket. The daemon names
+    its frontend; a user who may not use the control socket (a member of [broker] group
+    only) gets the one named by --config instead.
 
     \b
     Examples:
@@ -140,10 +184,12 @@ def call(obj: Context, service, method, params, frontend, call_timeout):
         params = json.loads(params)
     except ValueError as e:
         raise click.BadParameter(f"not JSON: {e}", param_hint="PARAMS") from None
-    endpoint = frontend or obj.call("ping")["frontend"][0]
+    endpoint = frontend or obj.frontend()
     try:
         with Client(endpoint) as client:
             result = client.call(service, method, params, timeout=call_timeout)
+    except FrontendDenied as e:
+        _fail(e.message, EXIT_NO_PERMISSION)
     except CallTimeout as e:
         click.echo(f"tacorectl: {e.message}", err=True)
         sys.exit(EXIT_NOT_RUNNING)
@@ -261,6 +307,10 @@ def reload(obj: Context, as_json):
     An invalid file changes nothing: every error is printed and the exit code is 1. New
     services start, removed ones drain and stop, changed ones are rolled, the rest is left
     alone.
+
+    \b
+    Example:
+      tacorectl --config /etc/tacore/tacore.toml reload
     """
     result = obj.call("reload")
     if not result["ok"]:
@@ -298,7 +348,12 @@ def dump(obj: Context, target, as_json):
 @json_option
 @click.pass_obj
 def shutdown(obj: Context, as_json):
-    """Stop the daemon gracefully: refuse new requests, drain, stop the workers, exit."""
+    """Stop the daemon gracefully: refuse new requests, drain, stop the workers, exit.
+
+    \b
+    Example:
+      tacorectl shutdown
+    """
     result = obj.call("shutdown")
     _show(result, as_json, "tacored is stopping")
 
@@ -382,7 +437,13 @@ def metrics(obj: Context, prometheus, as_json):
 @click.option("--once", is_flag=True, help="Print one screen and exit.")
 @click.pass_obj
 def top(obj: Context, interval, once):
-    """A refreshing view of the workers: state, CPU, memory, requests/s, latency (q quits)."""
+    """A refreshing view of the workers: state, CPU, memory, requests/s, latency (q quits).
+
+    \b
+    Examples:
+      tacorectl top --interval 2
+      tacorectl top --once > workers.txt
+    """
     previous = None
     while True:
         status, metrics = obj.call("status"), obj.call("metrics")
@@ -423,7 +484,12 @@ def _key_pressed(timeout: float) -> str | None:
 @json_option
 @click.pass_obj
 def log_level(obj: Context, level, as_json):
-    """Change the daemon's log level now (and that of workers started from now on)."""
+    """Change the daemon's log level now (and that of workers started from now on).
+
+    \b
+    Example:
+      tacorectl log-level debug
+    """
     result = obj.call("log_level", level=level)
     _show(result, as_json, f"log level: {result['log_level']}")
 

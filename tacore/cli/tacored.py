@@ -19,7 +19,7 @@ from tacore.observability.logging import configure_logging
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", envvar="TACORE_CONFIG", metavar="PATH",
-              type=click.Path(dir_okay=False), help="Configuration file (env: TACORE_CONFIG).")
+              help="Configuration file (env: TACORE_CONFIG).")
 @click.option("--check", is_flag=True,
               help="Validate the file (importing every handler), print the effective "
                    "configuration as JSON, and exit.")
@@ -28,7 +28,13 @@ def main(config_path: str | None, check: bool) -> None:
     """Run the tacore supervisor daemon in the foreground.
 
     Exit codes: 0 clean stop, 78 configuration problem, 73 a directory or socket file cannot
-    be created, 69 an endpoint is in use or another daemon runs on the same runtime_dir.
+    be created, 69 an endpoint is in use or another daemon runs on the same runtime_dir. Each
+    error names the file and the [section] key to change.
+
+    \b
+    Examples:
+      tacored --config /etc/tacore/tacore.toml
+      tacored --check --config etc/tacore.toml
     """
     if not config_path:
         _fail(["no configuration file given: pass --config PATH or set TACORE_CONFIG"], EX_CONFIG)
@@ -48,8 +54,9 @@ def main(config_path: str | None, check: bool) -> None:
     try:
         code = Daemon(config, log).run()
     except StartupError as e:
-        log.error("daemon.startup_failed", error=str(e), exit_code=e.exit_code)
-        _fail([str(e)], e.exit_code)
+        log.error("daemon.startup_failed", config=str(config.path), setting=e.setting,
+                  error=str(e), exit_code=e.exit_code)
+        _fail([f"{config.path}: {e.setting}: {e}"], e.exit_code)
     except Exception as e:  # a bug: say so loudly; the daemon has already killed its workers
         log.critical("daemon.crashed", error=repr(e), exception=traceback.format_exc())
         sys.exit(EX_SOFTWARE)

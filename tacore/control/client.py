@@ -8,6 +8,7 @@ import os
 import zmq
 import zmq.auth
 
+from tacore.access import denied
 from tacore.control import protocol
 
 
@@ -19,6 +20,10 @@ class CommandFailed(Exception):
     """The daemon answered with an error."""
 
 
+class AccessDenied(Exception):
+    """This process may not connect to the ipc control socket; the message says why."""
+
+
 class ControlClient:
     """``curve``: socket options for a CURVE-protected endpoint (see ``curve_options``)."""
 
@@ -27,6 +32,7 @@ class ControlClient:
 
     def call(self, command: str, **args):
         if self.endpoint.startswith("ipc://"):
+            self._check_access()
             path = self.endpoint[len("ipc://"):]
             if not os.path.exists(path):
                 raise Unreachable(f"no daemon at {self.endpoint}: {path} does not exist")
@@ -39,6 +45,7 @@ class ControlClient:
             sock.connect(self.endpoint)
             sock.send(protocol.encode_request(command, args))
             if not sock.poll(self.timeout * 1000):
+                self._check_access()  # the file may have been replaced meanwhile
                 raise Unreachable(f"no answer from {self.endpoint} within {self.timeout:g}s")
             reply = json.loads(sock.recv())
         finally:
@@ -46,6 +53,11 @@ class ControlClient:
         if not reply.get("ok"):
             raise CommandFailed(reply.get("error", "unknown error"))
         return reply["result"]
+
+    def _check_access(self) -> None:
+        problem = denied(self.endpoint, "[control] group")
+        if problem:
+            raise AccessDenied(problem)
 
 
 def curve_options(secret_key_file: str, server_key_file: str) -> dict:

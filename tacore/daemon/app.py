@@ -101,12 +101,13 @@ class Daemon:
 
     def _bind(self) -> None:
         daemon, broker, control = self.config.daemon, self.config.broker, self.config.control
-        sockets.prepare_runtime_dir(daemon.runtime_dir, control.group)
+        sockets.prepare_runtime_dir(daemon.runtime_dir, {"[broker] group": broker.group,
+                                                         "[control] group": control.group})
         self.lock = sockets.DaemonLock(daemon.runtime_dir)
         if broker.curve_secret_key or control.curve_secret_key:
             self.guard = CurveGuard(self.ctx, self.emit)
             self._watch(self.guard.socket, self.guard.on_readable)
-        self.frontend = self._socket(zmq.ROUTER, broker.frontend, "frontend")
+        self.frontend = self._socket(zmq.ROUTER, broker.frontend, "frontend", group=broker.group)
         self.backend = self._socket(zmq.ROUTER, [broker.backend], "backend", broker)
         self.backend.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a vanished worker is an error, not a loss
         self.backend.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting worker replaces itself

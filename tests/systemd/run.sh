@@ -3,11 +3,18 @@
 # with `make install` (from a wheelhouse built here, no network needed inside), then check:
 #   1. `systemctl start tacore` returns after READY and the unit is active (running);
 #   2. `tacorectl status` answers inside;
+#   2b. other users: a member of tacore-clients ([broker] group) calls echo through the frontend
+#      (tacorectl and the client library) without root, someone outside the group and someone
+#      added after logging in get exit 4 and a message naming the socket and the group, and
+#      root still runs `tacorectl status`;
 #   3. `systemctl reload tacore` applies a changed configuration;
 #   4. a frozen daemon (SIGSTOP of the main pid) is killed by the watchdog and restarted;
 #   5. `systemctl stop tacore` leaves no process of the unit behind;
 #   6. with the tcp drop-in (systemd/tcp.conf) and [http] listen, /healthz answers;
-# and prints the timings. Needs root; without root or nspawn it says SKIPPED and why.
+#   7. a [control] group other than tacore-clients, with the drop-in README describes: the
+#      runtime directory is 0711, each socket has its own group, both kinds of user get in;
+# and prints the timings and the exposure score (which must stay <= 1.0). Needs root; without
+# root or nspawn it says SKIPPED and why.
 #
 # The Debian root file system is built once with debootstrap (1-2 minutes) and cached in
 # $TACORE_SYSTEMD_ROOTFS (default /var/tmp/tacore-systemd-rootfs); each run boots a throw-away
@@ -130,6 +137,8 @@ in_c systemctl daemon-reload
 exposure=$(systemd-analyze security --offline=true "$SRC/systemd/tacore.service" 2>/dev/null |
            awk '/Overall exposure level/{print $(NF-2)}')
 echo "exposure (systemd-analyze security --offline=true): $exposure"
+awk -v e="$exposure" 'BEGIN{exit !(e != "" && e <= 1.0)}' || fail "exposure $exposure is above 1.0"
+in_c getent group tacore-clients || fail "make install did not create the group tacore-clients"
 
 step "1. systemctl start tacore"
 t0=$(now)
@@ -144,6 +153,54 @@ step "2. tacorectl status"
 in_c $TACORECTL status || fail "tacorectl status"
 in_c $TACORECTL health || fail "tacorectl health"
 in_c $TACORECTL call ta sma '{"prices": [1, 2, 3, 4], "window": 2}' || fail "tacorectl call"
+
+step "2b. clients of other users: [broker] group = \"tacore-clients\""
+in_c stat -c '%a %G %n' /run/tacore /run/tacore/frontend.sock /run/tacore/control.sock \
+  /run/tacore/backend.sock
+[ "$(in_c stat -c '%a %G' /run/tacore)" = "750 tacore-clients" ] || fail "runtime dir not 0750 tacore-clients"
+[ "$(in_c stat -c '%a %G' /run/tacore/frontend.sock)" = "660 tacore-clients" ] || fail "frontend.sock not 0660 tacore-clients"
+[ "$(in_c stat -c '%a' /run/tacore/control.sock)" = 600 ] || fail "control.sock not 0600"
+[ "$(in_c stat -c '%a' /run/tacore/backend.sock)" = 600 ] || fail "backend.sock not 0600"
+in_c useradd --create-home --groups tacore-clients alice
+in_c useradd --create-home bob
+in_c useradd --create-home carol
+as() { local who=$1; shift; in_c runuser -u "$who" -- "$@"; }  # a fresh login's groups
+expect_denied() {  # expect_denied WHAT TEXT CMD...: exit 4 and TEXT on stderr
+  local what=$1 text=$2 rc=0 out; shift 2
+  out=$("$@" 2>&1 >/dev/null) || rc=$?
+  echo "$what: exit $rc: $out"
+  [ "$rc" = 4 ] || fail "$what: exit $rc, not 4"
+  case "$out" in *"$text"*) ;; *) fail "$what: the message does not say: $text" ;; esac
+}
+out=$(as alice $TACORECTL call echo hello '{"from": "alice"}') || fail "alice: tacorectl call"
+echo "alice (tacore-clients), tacorectl call echo: $out"
+[ "$out" = '{"from": "alice"}' ] || fail "alice: unexpected reply $out"
+out=$(as alice /opt/tacore/bin/python -c 'from tacore.client import Client
+with Client("ipc:///run/tacore/frontend.sock") as c: print(c.call("echo", "x", [1, 2], timeout=5))') ||
+  fail "alice: the client library"
+echo "alice, tacore.client: $out"
+[ "$out" = "[1, 2]" ] || fail "alice: unexpected reply $out"
+expect_denied "alice, tacorectl status" "permission denied: /run/tacore/control.sock (mode 0600" \
+  as alice $TACORECTL status
+expect_denied "bob (no group), tacorectl call echo" \
+  "permission denied: /run/tacore/frontend.sock: its directory /run/tacore (mode 0750, group tacore-clients): user bob is not in group tacore-clients" \
+  as bob $TACORECTL call echo hello '"x"'
+expect_denied "bob, tacore.client" "usermod -aG tacore-clients bob" \
+  as bob /opt/tacore/bin/python -c 'import sys
+from tacore.client import Client, AccessDenied
+try:
+    Client("ipc:///run/tacore/frontend.sock").call("echo", "x", 1, timeout=30)
+except AccessDenied as e:
+    print(e.message, file=sys.stderr)
+    sys.exit(4)'
+in_c usermod -aG tacore-clients carol
+expect_denied "carol, added to the group after her session started" \
+  "user carol was added to group tacore-clients after this login session started; log in again" \
+  in_c setpriv --reuid carol --regid carol --clear-groups -- $TACORECTL call echo hello '"x"'
+out=$(as carol $TACORECTL call echo hello '"carol"') || fail "carol, after logging in again"
+echo "carol, in a new session: $out"
+in_c $TACORECTL status >/dev/null || fail "root: tacorectl status"
+echo "root: tacorectl status still answers"
 
 step "3. systemctl reload with a changed configuration"
 in_c sed -i 's/^workers = 2$/workers = 3/' /etc/tacore/tacore.toml
@@ -190,6 +247,31 @@ in_c systemctl start tacore || fail "start with the tcp drop-in"
 in_c python3 -c 'import urllib.request as u; r = u.urlopen("http://127.0.0.1:9464/healthz", timeout=5); print(r.status, r.read().decode().strip())' \
   || fail "/healthz over tcp"
 in_c systemctl stop tacore
+
+step "7. [control] group = \"tacore-admins\" with its drop-in"
+in_c rm /etc/systemd/system/tacore.service.d/tcp.conf  # measured on its own below
+in_c sed -i 's/^listen = "127.0.0.1:9464"/# listen = "127.0.0.1:9464"/' /etc/tacore/tacore.toml
+in_c groupadd --system tacore-admins
+in_c useradd --create-home --groups tacore-admins dave
+in_c sh -c 'printf "[Service]\nSupplementaryGroups=tacore-admins\nPrivateUsers=no\nSystemCallFilter=@chown\n" \
+  > /etc/systemd/system/tacore.service.d/control-group.conf'
+in_c sed -i 's/^# group = "tacore-admins"/group = "tacore-admins"/' /etc/tacore/tacore.toml
+in_c systemctl daemon-reload
+in_c systemctl start tacore || fail "start with [control] group"
+in_c stat -c '%a %G %n' /run/tacore /run/tacore/frontend.sock /run/tacore/control.sock
+[ "$(in_c stat -c '%a' /run/tacore)" = 711 ] || fail "runtime dir not 0711 with two groups"
+[ "$(in_c stat -c '%a %G' /run/tacore/control.sock)" = "660 tacore-admins" ] || fail "control.sock not 0660 tacore-admins"
+[ "$(in_c stat -c '%a %G' /run/tacore/frontend.sock)" = "660 tacore-clients" ] || fail "frontend.sock not 0660 tacore-clients"
+as dave $TACORECTL status >/dev/null || fail "dave (tacore-admins): tacorectl status"
+echo "dave (tacore-admins): tacorectl status answers"
+out=$(as alice $TACORECTL call echo hello '"alice"') || fail "alice: call with two groups"
+echo "alice (tacore-clients): tacorectl call echo: $out"
+expect_denied "bob (no group), with two groups" \
+  "permission denied: /run/tacore/frontend.sock (mode 0660, group tacore-clients): user bob is not in group tacore-clients" \
+  as bob $TACORECTL call echo hello '"x"'
+in_c systemctl stop tacore
+control_exposure=$(in_c systemd-analyze security tacore 2>/dev/null | awk '/Overall exposure level/{print $(NF-2)}' || true)
+echo "exposure with the control-group drop-in: ${control_exposure:-?}"
 
 printf '\nsystemd test passed: exposure %s, start->READY %s s, freeze->restart %s s\n' \
   "$exposure" "$start_s" "$watchdog_s"
