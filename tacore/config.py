@@ -44,6 +44,8 @@ class ServiceConfig:
     stop_timeout: float = 10.0
     max_restarts: int = 5
     restart_window: float = 60.0
+    min_uptime: float = 10.0  # READY at least this long: its death is a crash, not a start failure
+    fatal_retry: float = 300.0  # a FATAL slot is tried again after this long (0: never)
     min_ready: int = 1
     backoff_initial: float = 0.1
     backoff_max: float = 30.0
@@ -157,6 +159,16 @@ def duration(value):
                        "write a number such as 5 or 0.5")
     if not math.isfinite(value) or value <= 0:
         raise _Invalid(f"must be greater than 0 seconds, got {value!r}", "use a positive number")
+    return float(value)
+
+
+def seconds_or_zero(value):
+    """Seconds, an int or a float, 0 or more."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Invalid(f"must be a number of seconds, got {_type_name(value)} ({value!r})",
+                       "write a number such as 10 or 0")
+    if not math.isfinite(value) or value < 0:
+        raise _Invalid(f"must be 0 or more seconds, got {value!r}", "use 0 or a positive number")
     return float(value)
 
 
@@ -331,6 +343,7 @@ HTTP_KEYS = {"listen": http_listen}
 SERVICE_KEYS = {"handler": handler, "workers": _integer(0), "start_timeout": duration,
                 "request_timeout": duration, "stop_timeout": duration,
                 "max_restarts": _integer(0), "restart_window": duration,
+                "min_uptime": seconds_or_zero, "fatal_retry": seconds_or_zero,
                 "min_ready": _integer(0), "backoff_initial": duration,
                 "backoff_max": duration, "queue_limit": _integer(0), "queue_timeout": duration,
                 "retry_on_failure": boolean, "prefetch": _integer(1), "max_requests": _integer(0),

@@ -72,7 +72,7 @@ def test_fatal_service_still_reports_ready_with_status(start_daemon, systemd):
                  env={"NOTIFY_SOCKET": path}, wait_ready=False)
     wait_until(lambda: any("READY" in m for m in received()), 10, "READY=1")
     status = received()[index_of(received(), "READY")]["STATUS"]
-    assert status == "tool 1/1, stuck 0/1 ready; FATAL: stuck/0"
+    assert status == "tool 1/1, stuck 0/1 ready; FATAL: stuck/0 (retry in 300s)"
 
 
 def test_no_notify_socket_no_messages(start_daemon, systemd):

@@ -63,15 +63,16 @@ def test_repeated_failures_end_in_fatal_and_unhealthy(start_daemon):
                                 "max_restarts": 2},
                       "echo": {"handler": "tests.workers:Echo"}}, wait_ready=False)
     fatal = d.wait_event("worker.fatal", service="stuck", timeout=20)[0]
-    assert "3 failures" in fatal["reason"] and "start_timeout" in fatal["reason"]
+    assert "3 start failures" in fatal["reason"] and "start_timeout" in fatal["reason"]
     assert len(d.events("worker.start_timeout", service="stuck")) == 3
     worker = d.workers("stuck")[0]
     assert worker["state"] == "FATAL" and worker["pid"] is None
     assert worker["last_exit"]["reason"] == "start_timeout"
     health = d.call("health")
     assert not health["healthy"]
+    assert worker["next_retry_in"] > 290 and worker["last_exit"]["by"] == "tacore"
     assert health["problems"] == [f"stuck: 0/1 ready (min_ready 1); slot 0 FATAL: "
-                                  f"{worker['fatal_reason']}"]
+                                  f"{worker['fatal_reason']}; retried by itself in 300s"]
     assert d.workers("echo")[0]["state"] == "READY"  # the rest keeps serving
     assert len(d.events("worker.spawned", service="stuck")) == 3  # no restart after FATAL
 

@@ -28,6 +28,8 @@ def last_exit(info) -> str:
     if not info:
         return "-"
     how = f"signal {info['signal']}" if info["signal"] else f"code {info['code']}"
+    if info.get("by"):
+        how = f"ended by {info['by']}, {how}"
     return f"{info['reason']} ({how}) {duration(time.time() - info['at'])} ago"
 
 
@@ -67,7 +69,9 @@ def _requests(worker: dict) -> str:
 
 def _exit_or_reason(worker: dict) -> str:
     if worker["state"] == "FATAL":
-        return f"FATAL: {worker['fatal_reason']}"
+        retry = worker.get("next_retry_in")
+        return f"FATAL: {worker['fatal_reason']}" + (
+            f"; retry in {duration(retry)}" if retry is not None else "")
     if worker["state"] == "BACKOFF":
         return f"{last_exit(worker['last_exit'])}; retry in {duration(worker['backoff_remaining'])}"
     return last_exit(worker["last_exit"])

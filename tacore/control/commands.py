@@ -168,7 +168,9 @@ def assess_health(status: dict) -> dict:
 
 def _detail(worker: dict) -> str:
     if worker["state"] == "FATAL":
-        return f": {worker['fatal_reason']}"
+        retry = worker.get("next_retry_in")
+        return f": {worker['fatal_reason']}" + (
+            f"; retried by itself in {retry:.0f}s" if retry is not None else "")
     if worker["last_exit"]:
         return f" after {worker['last_exit']['reason']}"
     return ""

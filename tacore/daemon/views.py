@@ -27,8 +27,9 @@ def status(daemon, now: float) -> dict:
                                            "min_ready": 0, "rolling": 0, "removing": False})
         entry["workers"].append({
             "slot": None, "state": "BUSY" if link.current else "READY", "pid": None,
-            "restarts": 0, "uptime": round(now - link.registered, 3), "state_for": None,
-            "last_exit": None, "backoff_remaining": None, "fatal_reason": None,
+            "restarts": 0, "crashes": 0, "uptime": round(now - link.registered, 3),
+            "state_for": None, "last_exit": None, "backoff_remaining": None,
+            "fatal_reason": None, "next_retry_in": None,
             "draining": None, "replacing": False, **NO_FIGURES, "external": True,
             "identity": link.identity.hex(), **_link_view(link, now)})
     for name, entry in services.items():
@@ -95,7 +96,9 @@ def pool_summary(services: dict) -> tuple[str, bool]:
         own = [w for w in service["workers"] if not w["external"]]
         ready = sum(w["state"] in SERVING for w in own)
         parts.append(f"{name} {ready}/{len(own)}")
-        dead = [f"{name}/{w['slot']}" for w in own if w["state"] == "FATAL"]
+        dead = [f"{name}/{w['slot']}" + (f" (retry in {w['next_retry_in']:.0f}s)"
+                                           if w["next_retry_in"] is not None else "")
+                for w in own if w["state"] == "FATAL"]
         fatal += dead
         settled &= ready >= service["min_ready"] or bool(dead)
     text = ", ".join(parts) + " ready" + (f"; FATAL: {', '.join(fatal)}" if fatal else "")

@@ -31,11 +31,15 @@ class Slot:
         self.state, self.since = State.STOPPED, time.monotonic()
         self.worker: spawner.WorkerProcess | None = None
         self.spawns = previous.spawns if previous else 0
+        self.crashes = previous.crashes if previous else 0  # deaths after min_uptime of READY
         self.last_exit: dict | None = previous.last_exit if previous else None
         self.backoff_until: float | None = None
         self.fatal_reason: str | None = None
-        self.policy = RestartPolicy(service.max_restarts, service.restart_window,
-                                    service.backoff_initial, service.backoff_max)
+        self.retry_at: float | None = None  # FATAL: when it is tried again by itself
+        self.fatal_at: float | None = None
+        self.recovering = False  # started again from FATAL: READY means it recovered
+        self.ready_at: float | None = None  # when the current process became READY
+        self.policy = RestartPolicy.of(service)
         self.drain: Drain | None = None
         self.replaces: Slot | None = None  # the slot this one takes over once READY
         self.replaced_by: Slot | None = None
@@ -56,6 +60,7 @@ class Slot:
         s = self.service
         self.served = 0
         self.figures = {}
+        self.ready_at = None
         self.request_limit = (s.max_requests + random.randint(0, s.max_requests_jitter)
                               if s.max_requests else None)
 
@@ -66,12 +71,15 @@ class Slot:
             "state": str(self.state),
             "pid": w.pid if w else None,
             "restarts": max(0, self.spawns - 1),
+            "crashes": self.crashes,
             "uptime": round(now - w.started, 3) if w else None,
             "state_for": round(now - self.since, 3),
             "last_exit": self.last_exit,
             "backoff_remaining": round(max(0.0, self.backoff_until - now), 3)
             if self.state is State.BACKOFF else None,
-            "fatal_reason": self.fatal_reason,
+            "fatal_reason": self.fatal_reason if self.state is State.FATAL else None,
+            "next_retry_in": round(max(0.0, self.retry_at - now), 3)
+            if self.state is State.FATAL and self.retry_at is not None else None,
             "draining": self.drain.reason if self.drain else None,
             "replacing": self.replaces is not None,
             "cpu_percent": self.figures.get("cpu_percent"),

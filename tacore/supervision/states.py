@@ -7,7 +7,7 @@
        │                                 ▼           ▼
        └──── exited, stop wanted ─── STOPPING ──▶ BACKOFF ──delay──▶ STARTING
                                          │           │
-                                         └─────────▶ FATAL ──operator──▶ STARTING
+                                         └─────────▶ FATAL ──fatal_retry/operator──▶ STARTING
 
 A slot leaves STOPPING when its process has exited: for STOPPED if the stop was wanted (an
 operator or shutdown), for BACKOFF or FATAL if the kill was a failure (start timeout, missed

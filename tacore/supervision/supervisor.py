@@ -27,6 +27,7 @@ from tacore.events import Event
 from tacore.runtime.child import DUMP_SIGNAL
 from tacore.runtime.spec import EXIT_START_FAILED
 from tacore.supervision import spawner
+from tacore.supervision.policy import CRASH
 from tacore.supervision.slot import Drain, ServiceSlots, Slot
 from tacore.supervision.stacks import annotate
 from tacore.supervision.states import SERVING, State, check_transition
@@ -94,6 +95,8 @@ class Supervisor:
                     self._kill(slot, now)
             elif slot.state is State.BACKOFF and now >= slot.backoff_until:
                 self._spawn(slot, now)
+            elif slot.state is State.FATAL and slot.retry_at is not None and now >= slot.retry_at:
+                self._retry_fatal(slot, now)
             elif slot.drain and slot.drain.deadline is not None and now >= slot.drain.deadline:
                 self._stop_drained(slot, now)
 
@@ -116,6 +119,8 @@ class Supervisor:
                 deadlines.append(w.kill_deadline)
             elif slot.state is State.BACKOFF:
                 deadlines.append(slot.backoff_until)
+            elif slot.state is State.FATAL and slot.retry_at is not None:
+                deadlines.append(slot.retry_at)
             if slot.drain and slot.drain.deadline is not None:
                 deadlines.append(slot.drain.deadline)
         return min(deadlines, default=None)
@@ -132,8 +137,13 @@ class Supervisor:
             return True  # it reconnected (it lost the broker for a while): re-register it
         if slot.state is not State.STARTING:
             return False
+        slot.ready_at = now
         self._change(slot, State.READY, now, ev.WORKER_READY,
                      startup_seconds=round(now - slot.worker.started, 4))
+        if slot.recovering:
+            slot.recovering, slot.fatal_reason = False, None
+            self.emit(Event(ev.WORKER_RECOVERED, slot.context(
+                after_fatal=round(now - slot.fatal_at, 3) if slot.fatal_at else None)))
         if slot.replaces is not None:
             self._take_over(slot, now)
         return True
@@ -365,9 +375,17 @@ class Supervisor:
     def _start_now(self, slot: Slot, now: float) -> None:
         """An operator's start: forget past failures (and FATAL), start without backoff."""
         slot.policy.reset()
-        slot.fatal_reason = None
+        slot.recovering, slot.retry_at = slot.state is State.FATAL, None
         if slot.state is State.BACKOFF:
             self._change(slot, State.STOPPED, now)
+        self._spawn(slot, now)
+
+    def _retry_fatal(self, slot: Slot, now: float) -> None:
+        """fatal_retry has passed: try again, with the policy from the start."""
+        slot.policy.reset()
+        slot.retry_at, slot.recovering = None, True
+        self.emit(Event(ev.WORKER_RETRY, slot.context(reason=slot.fatal_reason,
+                                                      fatal_for=round(now - slot.fatal_at, 3))))
         self._spawn(slot, now)
 
     def _on_stack(self, w: spawner.WorkerProcess, now: float) -> None:
@@ -537,17 +555,25 @@ class Supervisor:
         reason = w.stop_reason or (
             "start_failed" if slot.state is State.STARTING and code == EXIT_START_FAILED
             else "crashed")
+        # "by": "tacore" when tacore ended it (a timeout, a drain, a recycle); None when it
+        # exited by itself or someone else killed it.
         slot.last_exit = {"code": code if code >= 0 else None,
                           "signal": signal.Signals(-code).name if code < 0 else None,
-                          "reason": reason, "at": time.time()}
+                          "reason": reason, "by": "tacore" if w.stop_reason else None,
+                          "at": time.time()}
         failure = w.stop_is_failure if w.stop_reason else True
+        ready_for = now - slot.ready_at if slot.ready_at is not None else None
         exit_info = {k: v for k, v in slot.last_exit.items() if k != "at"}  # the line has a time
-        self.emit(Event(ev.WORKER_EXITED, slot.context(pid=w.pid, uptime=round(now - w.started, 3),
-                                                       **exit_info),
-                        severity="warning" if failure else None))
-        self._after_exit(slot, now, reason, failure, w.pid)
+        if failure:
+            exit_info["kind"] = slot.policy.kind(ready_for)
+        self.emit(Event(ev.WORKER_EXITED, slot.context(
+            pid=w.pid, uptime=round(now - w.started, 3),
+            ready_for=round(ready_for, 3) if ready_for is not None else None, **exit_info),
+            severity="warning" if failure else None))
+        self._after_exit(slot, now, reason, failure, w.pid, ready_for)
 
-    def _after_exit(self, slot: Slot, now: float, reason: str, failure: bool, pid: int) -> None:
+    def _after_exit(self, slot: Slot, now: float, reason: str, failure: bool, pid: int,
+                    ready_for: float | None = None) -> None:
         leaving = slot.drain is not None and slot.drain.remove
         if leaving or slot.replaced_by is not None:
             # It was on its way out, or its replacement is coming: no restart.
@@ -560,21 +586,33 @@ class Supervisor:
             self._change(slot, State.STOPPED, now, ev.WORKER_STOPPED, pid=pid)
             slot.drain = None
         else:
-            self._fail(slot, now, reason, pid=pid)
+            self._fail(slot, now, reason, ready_for, pid=pid)
 
-    def _fail(self, slot: Slot, now: float, reason: str, **context) -> None:
-        delay = slot.policy.record_failure(now, reason)
+    def _fail(self, slot: Slot, now: float, reason: str, ready_for: float | None = None,
+              **context) -> None:
+        """An unwanted exit: a crash of a worker that had been READY min_uptime is replaced
+        after backoff_initial; a start failure backs off, or makes the slot FATAL."""
+        policy = slot.policy
+        kind = policy.kind(ready_for)
+        delay = policy.record_exit(now, reason, ready_for)
+        if kind == CRASH:
+            slot.crashes += 1
         if delay is not None:
             slot.backoff_until = now + delay
-            self._change(slot, State.BACKOFF, now, ev.WORKER_BACKOFF, reason=reason,
-                         delay=round(delay, 3), failures=len(slot.policy.failures), **context)
+            self._change(slot, State.BACKOFF, now, ev.WORKER_BACKOFF, reason=reason, kind=kind,
+                         delay=round(delay, 3), failures=len(policy.failures),
+                         crashes=slot.crashes, **context)
             return
-        failures = slot.policy.recent(now)
+        failures = policy.recent(now)
         kinds = ", ".join(f"{n} {r}" for r, n in Counter(r for _, r in failures).items())
-        slot.fatal_reason = (f"{len(failures)} failures within {slot.service.restart_window:g}s"
-                             f" ({kinds}); last: {reason}")
+        slot.fatal_reason = (f"{len(failures)} start failures within "
+                             f"{slot.service.restart_window:g}s ({kinds}); last: {reason}")
+        slot.fatal_at, slot.retry_at = now, policy.retry_at(now)
+        retry = (f"retried by itself in {slot.service.fatal_retry:g}s, or at once with: "
+                 if slot.retry_at is not None else "")
         self._change(slot, State.FATAL, now, ev.WORKER_FATAL, reason=slot.fatal_reason,
-                     fix=f"fix the service, then: tacorectl start {slot.name}", **context)
+                     retry_in=slot.service.fatal_retry if slot.retry_at is not None else None,
+                     fix=f"fix the service; {retry}tacorectl start {slot.name}", **context)
         if slot.replaces is not None:  # a failed replacement: the old worker keeps serving
             old, slot.replaces = slot.replaces, None
             old.replaced_by = None
