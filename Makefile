@@ -1,6 +1,6 @@
 # Two commands: `make run` and `make test` each set up everything they need on first use.
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 CONFIG ?= etc/tacore.toml

@@ -8,6 +8,7 @@ samples of an hour at the default interval (5 s: 720 samples).
 """
 
 from __future__ import annotations
+from contextlib import closing
 
 import argparse
 import os
@@ -40,7 +41,7 @@ def main():
             deadline = time.monotonic() + args.samples * args.interval * 4 + 30
             while time.monotonic() < deadline:
                 try:
-                    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+                    with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db, db:
                         taken = db.execute("SELECT count(*) FROM daemon_samples").fetchone()[0]
                 except sqlite3.Error:
                     taken = 0
@@ -50,7 +51,7 @@ def main():
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
-        with sqlite3.connect(db_path) as db:
+        with closing(sqlite3.connect(db_path)) as db, db:
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             taken = db.execute("SELECT count(*) FROM daemon_samples").fetchone()[0]
             rows = {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]

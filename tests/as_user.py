@@ -9,6 +9,7 @@ ENDPOINT SERVICE METHOD PARAMS_JSON`` calls through ``tacore.client.Client`` and
 result, or the exception's class and message on stderr (exit 1).
 """
 
+import importlib.metadata  # noqa: F401  (imported lazily by libraries on 3.13)
 import json
 import os
 import sys

@@ -246,7 +246,7 @@ def _run(tmp, proc, control, duration, clients, rng, seed) -> dict:
     time.sleep(duration)  # the chaos runs for this long
     stop_chaos.set()
     chaos.join(30)
-    for pid in psutil.Process(proc.pid).children():  # let every frozen worker go on
+    for pid in psutil.Process(proc.pid).children(recursive=True):  # frozen workers go on
         try:
             pid.send_signal(signal.SIGCONT)
         except psutil.Error:
@@ -256,7 +256,7 @@ def _run(tmp, proc, control, duration, clients, rng, seed) -> dict:
     stop_load.set()
     for c in load:
         c.join(70)
-    wait_for(lambda: not [c for c in psutil.Process(proc.pid).children()
+    wait_for(lambda: not [c for c in psutil.Process(proc.pid).children(recursive=True)
                           if c.status() == psutil.STATUS_ZOMBIE], 10, "no zombies")
     end = daemon_figures(proc.pid)  # with the same clients connected as at warm-up
     extra = sum(c.leftovers() for c in load)

@@ -19,6 +19,9 @@ from tacore.control.client import ControlClient
 from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
+# Daemons, spawners and workers under test: a deprecation (e.g. Python 3.12+'s warning about a
+# fork from a process with threads) is an error, not a line nobody reads.
+STRICT_WARNINGS = {"PYTHONWARNINGS": "error::DeprecationWarning"}
 TACORED = [str(Path(sys.executable).with_name("tacored"))]  # the installed console script
 
 
@@ -109,10 +112,15 @@ class RunningDaemon:
         wait_until(all_ready, timeout, "every worker READY")
 
     def children(self) -> list[psutil.Process]:
+        """Every process below the daemon: its spawner and the workers it forked."""
         try:
             return psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
+
+    def worker_processes(self) -> list[psutil.Process]:
+        """The workers: the spawner's children (the spawner is the daemon's only child)."""
+        return [p for p in self.children() if p.ppid() != self.proc.pid]
 
     def kill(self):
         """Tear down: kill the whole process group, daemon and workers alike."""
@@ -133,7 +141,7 @@ def start_daemon(workdir):
               env: dict | None = None, **sections) -> RunningDaemon:
         config = write_config(workdir / "tacore.toml", services, **sections)
         d = RunningDaemon(config, workdir / f"daemon{len(started)}.log",
-                          env={**os.environ, **env} if env else None)
+                          env={**os.environ, **STRICT_WARNINGS, **(env or {})})
         started.append(d)
         ready_file = d.runtime / ("control.sock" if control_socket else "frontend.sock")
         wait_until(lambda: os.path.exists(ready_file) or d.proc.poll() is not None,

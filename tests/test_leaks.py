@@ -29,7 +29,7 @@ def test_a_thousand_restarts_leak_nothing(start_daemon):
     wait_until(lambda: restarts(d) >= 100, 60, "100 restarts")
     before = figures(d.proc.pid)
     wait_until(lambda: restarts(d) >= 1000, 150, "1000 restarts")
-    wait_until(lambda: len(d.children()) == 2, 10, "two live workers at a moment")
+    wait_until(lambda: len(d.worker_processes()) == 2, 10, "two live workers at a moment")
     after = figures(d.proc.pid)
     print(before, after)
     assert abs(after["fds"] - before["fds"]) <= 4, (before, after)  # 0-2 workers mid-restart

@@ -9,6 +9,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from contextlib import closing
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -263,7 +264,7 @@ def test_schema_version_and_migration(tmp_path):
     store.open(0.0)
     assert store.db.execute("PRAGMA user_version").fetchone()[0] == 1
     store.close()
-    with sqlite3.connect(tmp_path / "t.db") as db:
+    with closing(sqlite3.connect(tmp_path / "t.db")) as db, db:
         db.execute("PRAGMA user_version = 99")
     store.open(0.0)
     assert store.degraded and "newer than this tacore" in store.degraded

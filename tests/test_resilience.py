@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import threading
 import time
+from contextlib import closing
 
 import zmq
 from hypothesis import HealthCheck, given, settings
@@ -156,7 +157,7 @@ def test_daemon_sigkilled_under_load_then_restarted(start_daemon, workdir):
     client.close()
     assert not failures, failures[:3]
     db = workdir / "state" / "tacore.db"
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     names = [e["event"] for e in second.call("events", since=time.time() - 600)]
     assert names.count("daemon.started") == 2

@@ -4,6 +4,7 @@ import os
 import signal
 import time
 
+import psutil
 import pytest
 
 from tests.conftest import pid_alive
@@ -20,7 +21,10 @@ def test_workers_become_ready_and_status_shows_them(start_daemon):
     for w in workers:
         assert w["state"] == "READY" and pid_alive(w["pid"])
         assert w["restarts"] == 0 and w["last_exit"] is None and w["uptime"] >= 0
-    assert {c.pid for c in d.children()} == {w["pid"] for w in workers}
+    spawner = d.status()["daemon"]["spawner_pid"]
+    assert {c.pid for c in d.children()} == {w["pid"] for w in workers} | {spawner}
+    assert {p.pid for p in psutil.Process(d.proc.pid).children()} == {spawner}
+    assert {p.ppid() for p in d.children() if p.pid != spawner} == {spawner}
     wait_until(lambda: all(w["last_seen"] is not None and w["last_seen"] < 1.0
                            for w in d.workers("echo")), 5, "heartbeats from both workers")
     assert d.call("health") == {"healthy": True, "problems": [], "warnings": []}
@@ -138,12 +142,14 @@ def test_frozen_worker_is_replaced_after_missed_heartbeats(start_daemon):
 
 
 def test_sigkill_of_the_daemon_leaves_no_worker(start_daemon):
-    """Workers die with the daemon (PR_SET_PDEATHSIG) within 2 seconds."""
+    """The spawner dies with the daemon and the workers with the spawner (PR_SET_PDEATHSIG),
+    within 2 seconds."""
     d = start_daemon({"echo": {"handler": "tests.workers:Echo", "workers": 3},
                       "slow": {"handler": "tests.workers:SlowStart", "config": {"seconds": 60}}},
                      wait_ready=False)
-    wait_until(lambda: len(d.children()) == 4, 10, "four workers")
-    pids = [c.pid for c in d.children()]
+    wait_until(lambda: len(d.worker_processes()) == 4, 10, "four workers")
+    pids = [c.pid for c in d.children()]  # and the spawner
+    assert len(pids) == 5
     os.kill(d.proc.pid, signal.SIGKILL)
     d.proc.wait(timeout=5)
     t0 = time.monotonic()
@@ -156,7 +162,7 @@ def test_sigterm_stops_everything_and_exits_zero(start_daemon):
     d = start_daemon({"echo": {"handler": "tests.workers:Echo", "workers": 2},
                       "deaf": {"handler": "tests.workers:IgnoresTerm", "start_timeout": 30,
                                "stop_timeout": 0.5}}, wait_ready=False)
-    wait_until(lambda: len(d.children()) == 3, 10, "three workers")
+    wait_until(lambda: len(d.worker_processes()) == 3, 10, "three workers")
     d.wait_event("worker.ready", count=2)
     pids = [c.pid for c in d.children()]
     wait_until(lambda: any(ignores_sigterm(p) for p in pids), 10, "the deaf worker's start()")
@@ -172,7 +178,7 @@ def test_second_sigint_kills_at_once(start_daemon):
     """An impatient second Ctrl-C does not wait for stop_timeout."""
     d = start_daemon({"deaf": {"handler": "tests.workers:IgnoresTerm", "start_timeout": 30,
                                "stop_timeout": 30}}, wait_ready=False)
-    wait_until(lambda: d.children() and ignores_sigterm(d.children()[0].pid), 10,
+    wait_until(lambda: d.worker_processes() and ignores_sigterm(d.worker_processes()[0].pid), 10,
                "the worker to ignore SIGTERM")
     d.proc.send_signal(signal.SIGINT)
     d.wait_event("daemon.stopping")
@@ -228,3 +234,31 @@ def test_a_paused_daemon_does_not_kill_its_workers(start_daemon):
                5, "both workers heard from again")
     assert [w["pid"] for w in d.workers("echo")] == pids
     assert not d.events("worker.heartbeat_timeout")
+
+
+def test_workers_are_forked_by_a_spawner_without_threads(start_daemon):
+    """The process that forks workers has exactly one thread; the daemon has libzmq's."""
+    d = start_daemon({"echo": {"handler": "tests.workers:Echo", "workers": 2}})
+    spawner = d.status()["daemon"]["spawner_pid"]
+    assert len(os.listdir(f"/proc/{spawner}/task")) == 1
+    assert len(os.listdir(f"/proc/{d.proc.pid}/task")) > 1  # the I/O threads
+    assert {p.ppid() for p in d.worker_processes()} == {spawner}
+
+
+def test_a_spawner_that_dies_is_replaced_and_its_workers_restarted(start_daemon):
+    """SIGKILL of the spawner: its workers die with it (PR_SET_PDEATHSIG), each exit is a
+    "spawner_died" failure, a new spawner starts and the workers are READY again."""
+    d = start_daemon({"echo": {"handler": "tests.workers:Echo", "workers": 2}})
+    spawner = d.status()["daemon"]["spawner_pid"]
+    old = {p.pid for p in d.worker_processes()}
+    os.kill(spawner, signal.SIGKILL)
+    died = d.wait_event("spawner.exited")[0]
+    assert died["pid"] == spawner and died["returncode"] == -signal.SIGKILL
+    exits = d.wait_event("worker.exited", count=2)
+    assert {e["pid"] for e in exits} == old and {e["reason"] for e in exits} == {"spawner_died"}
+    new = d.wait_event("spawner.started")[0]["pid"]
+    wait_until(lambda: all(w["state"] == "READY" for w in d.workers("echo")), 10, "READY again")
+    assert d.status()["daemon"]["spawner_pid"] == new != spawner
+    assert {p.ppid() for p in d.worker_processes()} == {new}
+    assert not old & {p.pid for p in d.worker_processes()}
+    assert len(os.listdir(f"/proc/{new}/task")) == 1

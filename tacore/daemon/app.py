@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 import time
 
 import psutil
@@ -33,11 +34,12 @@ from tacore.daemon.notify import Notifier
 from tacore.daemon.signals import SignalPipe
 from tacore.daemon.views import pool_summary
 from tacore.events import Event
-from tacore.errors import ConfigError
+from tacore.errors import EX_UNAVAILABLE, ConfigError, StartupError
 from tacore.observability.http import HttpEndpoint
 from tacore.observability.logging import configure_logging, log_event
 from tacore.observability.prometheus import exposition
 from tacore.persistence.store import Store
+from tacore.supervision.spawner import Spawner
 from tacore.supervision.supervisor import Supervisor
 
 # The loop wakes at least this often even with nothing due, as a guard against a lost deadline.
@@ -53,7 +55,7 @@ class Daemon:
         self.handlers = {}  # socket or fd -> (callable(now), when it was registered)
         self.registrations = 0
         self.poller = zmq.Poller()
-        self.ctx = zmq.Context()
+        self.ctx = None  # made in run(), after the spawner: no thread exists before it
         self.lock = None
         self.bound: list[str] = []
         self.next_sample = 0.0
@@ -67,7 +69,9 @@ class Daemon:
         self.loop_lag = 0.0  # the largest lateness since the last sample
         self.latency_marks: dict = {}  # service -> histogram copy at the last sample
         self.recent_latency: dict = {}  # service -> quantiles over the last sample interval
-        self.notifier = Notifier()  # before any fork: workers must not inherit NOTIFY_SOCKET
+        self.notifier = Notifier()  # before the spawner: workers must not inherit NOTIFY_SOCKET
+        self.spawner = Spawner([s.handler for s in config.services.values() if s.handler])
+        self.spawner_retry: float | None = None  # when to try again to start a lost spawner
         self.ready_sent = False
         self.next_status = 0.0
 
@@ -76,6 +80,8 @@ class Daemon:
     def run(self) -> int:
         """Bind, serve until a stop signal and every worker has exited, then clean up."""
         try:
+            self._start_spawner()
+            self.ctx = zmq.Context()  # libzmq's I/O threads start here, after the spawner
             self.store.open(time.monotonic())
             self._bind()
             self.signals = SignalPipe()
@@ -124,6 +130,7 @@ class Daemon:
         self.supervisor = Supervisor(
             self.config, self.emit, self._watch, self._unwatch, forget=self.broker.forget,
             retire=self.broker.retire,
+            spawner=self.spawner,
             worker_curve=client_keys(broker.curve_secret_key) if broker.curve_secret_key else None)
         self.control = ControlServer(self.control_sock, self, self.emit)
         self._watch(self.frontend, self._on_frontend)
@@ -159,7 +166,9 @@ class Daemon:
             self.frontend.close(linger=1000)  # let the last replies reach their clients
         if self.guard is not None:
             self.guard.close()
-        self.ctx.destroy(linger=0)
+        if self.ctx is not None:
+            self.ctx.destroy(linger=0)
+        self.spawner.close()
         self.store.close()
         self.notifier.close()
         for endpoint in self.bound:
@@ -172,6 +181,7 @@ class Daemon:
     def _wait_and_dispatch(self) -> None:
         now = time.monotonic()
         deadlines = [d for d in (self.supervisor.next_deadline(), self.broker.next_deadline(),
+                                 self.spawner_retry,
                                  self.next_sample, self.notifier.next_watchdog or None)
                      if d is not None]
         timeout = min([MAX_POLL] + [max(0.0, d - now) for d in deadlines])
@@ -231,7 +241,45 @@ class Daemon:
             return GONE  # ROUTER_MANDATORY: no connection with that identity any more
         return None
 
+    # --- the spawner: the process that forks the workers --------------------------------
+
+    def _start_spawner(self) -> None:
+        try:
+            self.spawner.start(fork=True)  # the daemon has no thread yet
+        except OSError as e:
+            raise StartupError("[daemon] python_path", f"cannot start the worker spawner "
+                               f"({sys.executable} -m tacore.supervision.spawner): {e}",
+                               EX_UNAVAILABLE) from None
+        self._watch(self.spawner.fileno(), self._on_spawner)
+
+    def _on_spawner(self, now: float) -> None:
+        """The spawner reported exits, or died: then its workers died with it (their pidfds
+        say so) and a new spawner is started before anything else is."""
+        if self.spawner.on_readable():
+            return
+        self._unwatch(self.spawner.fileno())
+        self.spawner.close()
+        self.emit(Event(ev.SPAWNER_EXITED, {"pid": self.spawner.pid,
+                                            "returncode": self.spawner.returncode,
+                                            "action": "starting a new spawner"},
+                        severity="error"))
+        self.spawner_retry = now
+
+    def _restart_spawner(self, now: float) -> None:
+        try:
+            self.spawner.start()
+        except OSError as e:
+            self.emit(Event(ev.SPAWNER_EXITED, {"error": str(e), "action": "retrying in 1s"},
+                            severity="error"))
+            self.spawner_retry = now + 1.0
+            return
+        self.spawner_retry = None
+        self._watch(self.spawner.fileno(), self._on_spawner)
+        self.emit(Event(ev.SPAWNER_STARTED, {"pid": self.spawner.pid}))
+
     def _fire_deadlines(self, now: float) -> None:
+        if self.spawner_retry is not None and now >= self.spawner_retry:
+            self._restart_spawner(now)
         self.broker.tick(now)
         self.supervisor.tick(now)
         if now >= self.next_sample:

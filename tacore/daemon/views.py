@@ -37,7 +37,8 @@ def status(daemon, now: float) -> dict:
         entry["ready"] = sum(w["state"] in SERVING for w in entry["workers"])
         entry["queue"] = len(route.queue) if route else 0
         entry["requests"] = route.requests if route else 0
-    return {"daemon": {"pid": daemon.pid, "version": __version__,
+    return {"daemon": {"pid": daemon.pid, "spawner_pid": daemon.spawner.pid,
+                       "version": __version__,
                        "config": str(daemon.config.path),
                        "uptime": round(now - daemon.started, 3),
                        "started_at": daemon.started_wall, "stopping": daemon.stopping,

@@ -1,8 +1,8 @@
 """The entry point of a worker process, and the worker's serving loop.
 
-The child is forked from the daemon, so it first cuts every tie to the daemon's world: it dies
-with the daemon (PR_SET_PDEATHSIG), closes the daemon's inherited sockets and files (listening
-sockets, the ZeroMQ context's internals, the lock and the database), and resets signal
+The child is forked by the spawner (supervision/spawner.py), a process without threads, so it
+first cuts every tie to its parent's world: it dies with the spawner (PR_SET_PDEATHSIG), which
+dies with the daemon, closes every inherited descriptor but pipes, and resets signal
 dispositions. Then it
 arms faulthandler on SIGUSR1 so the daemon can read its stack at any moment, even while
 start() is blocked in C code, builds the service, and only after start() returns connects to
@@ -59,7 +59,7 @@ def run(spec: WorkerSpec) -> None:
 def _detach(spec: WorkerSpec) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != spec.daemon_pid:  # the daemon died before prctl took effect
+    if os.getppid() != spec.parent_pid:  # the spawner died before prctl took effect
         os._exit(1)
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGHUP, signal.SIGUSR2, signal.SIGCHLD):
@@ -70,14 +70,9 @@ def _detach(spec: WorkerSpec) -> None:
 
 
 def _close_inherited(keep: int) -> None:
-    """Close every descriptor the daemon left us but pipes: its sockets (listening ones, the
-    ZeroMQ context's, the signal socketpair), its lock and database files.
-
-    Pipes stay: multiprocessing's own (the exit sentinel's write end, which must stay open
-    until we exit) cannot be told from the daemon's other pipes, which are harmless here. The
-    list is read in the child, where no other thread runs: a list taken in the daemon before
-    the fork raced with libzmq's I/O thread closing and reusing descriptor numbers.
-    """
+    """Close every descriptor the spawner left us but pipes (``keep``, the stack pipe, and
+    stdio may be pipes too): its socket to the daemon, other workers' pidfds. The list is
+    read in the child, where no other thread runs."""
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd <= 2 or fd == keep:

@@ -18,7 +18,7 @@ class WorkerSpec:
     backend: str
     heartbeat_interval: float
     heartbeat_liveness: int
-    daemon_pid: int
+    parent_pid: int  # the spawner's: the worker must die with it
     stack_fd: int
     log_level: str
     log_format: str

@@ -50,8 +50,9 @@ class Supervisor:
                  watch: Callable[[int, Callable[[float], None]], None],
                  unwatch: Callable[[int], None],
                  forget: Callable[[bytes, float], None], retire: Callable[[bytes], None],
-                 worker_curve: dict | None = None):
+                 spawner: spawner.Spawner, worker_curve: dict | None = None):
         self.config, self.emit, self.watch, self.unwatch = config, emit, watch, unwatch
+        self.spawner = spawner  # forks the workers: the daemon never does
         self.worker_curve = worker_curve  # CURVE client options for a protected backend
         self.forget = forget  # tells the broker a worker's process is gone
         self.retire = retire  # tells the broker to give a worker no more requests
@@ -353,12 +354,12 @@ class Supervisor:
                       config=s.config, backend=broker.backend,
                       heartbeat_interval=broker.heartbeat_interval,
                       heartbeat_liveness=broker.heartbeat_liveness,
-                      curve=self.worker_curve, daemon_pid=os.getpid(),
+                      curve=self.worker_curve,
                       log_level=self.config.daemon.log_level,
                       log_format=self.config.daemon.log_format)
         slot.backoff_until = None
         try:
-            w = spawner.spawn(fields, now)
+            w = self.spawner.spawn(fields, now)
         except OSError as e:  # fork failed (EAGAIN, ENOMEM): a failure like any other
             slot.last_exit = {"code": None, "signal": None, "reason": f"spawn_failed: {e}",
                               "at": time.time()}
@@ -539,9 +540,7 @@ class Supervisor:
         """The worker's sentinel fired: reap it, record why it ended, decide what comes next."""
         self._dirty = True
         self.unwatch(w.sentinel)
-        w.process.join()  # the sentinel closed, so this returns at once
-        code = w.process.exitcode
-        w.process.close()
+        code = self.spawner.reap(w)  # None: the spawner died and took it along
         w.stack.read(now)
         self.unwatch(w.stack.fd)
         w.stack.close()
@@ -553,12 +552,14 @@ class Supervisor:
                 reply({"service": slot.service.name, "slot": slot.index, "pid": w.pid,
                        "blocked_at": None, "stack": "unavailable: the process exited"})
         reason = w.stop_reason or (
-            "start_failed" if slot.state is State.STARTING and code == EXIT_START_FAILED
+            "spawner_died" if code is None
+            else "start_failed" if slot.state is State.STARTING and code == EXIT_START_FAILED
             else "crashed")
         # "by": "tacore" when tacore ended it (a timeout, a drain, a recycle); None when it
         # exited by itself or someone else killed it.
-        slot.last_exit = {"code": code if code >= 0 else None,
-                          "signal": signal.Signals(-code).name if code < 0 else None,
+        slot.last_exit = {"code": code if code is not None and code >= 0 else None,
+                          "signal": _signal_name(-code) if code is not None and code < 0
+                          else None,
                           "reason": reason, "by": "tacore" if w.stop_reason else None,
                           "at": time.time()}
         failure = w.stop_is_failure if w.stop_reason else True
@@ -647,6 +648,13 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass  # it exited already; its sentinel will tell the loop
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
 
 
 def _is_frozen(pid: int) -> bool:
