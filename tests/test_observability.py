@@ -256,6 +256,7 @@ def test_retention_prunes_old_rows_and_size(tmp_path):
     assert store.size() <= 0.5 * 2**20
     assert store.db.execute("SELECT count(*) FROM worker_samples").fetchone()[0] < 20000
     assert len(store.events()) == 2  # samples went first
+    store.close()
 
 
 def test_schema_version_and_migration(tmp_path):
