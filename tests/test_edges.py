@@ -2,7 +2,6 @@
 try to join services they may not serve. Real daemon, real worker processes (tests/peers),
 every request answered exactly once."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import zmq
 
 from tests.conftest import ROOT
 from tests.helpers import wait_until
-from tests.mdp import ExternalWorker, body, call, v1_call
+from tests.mdp import ExternalWorker, call, v1_call
 
 INTERVAL = 0.25  # heartbeat_interval of these daemons
 TOOL = {"tool": {"handler": "tests.workers:Tool", "workers": 1, "request_timeout": 30}}

@@ -14,6 +14,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from tacore import facts as f
 from tacore.brokering.broker import GONE, Broker
 from tacore.config import BrokerConfig, ServiceConfig
 
@@ -36,39 +37,21 @@ def configured(queue_limit: int = 3, with_a: bool = True) -> dict:
     return services
 
 
-class Hooks:
-    def __init__(self):
-        self.expired, self.timed_out, self.events = [], [], []
-
-    def worker_ready(self, identity, service, now):
-        if identity not in OWN:
-            return None
-        return OWN[identity] == service
-
-    def worker_expired(self, identity, now, silent_for):
-        self.expired.append(identity)
-
-    def request_timed_out(self, identity, now, age):
-        self.timed_out.append(identity)
-
-    def worker_busy(self, identity, busy, now): ...
-    def worker_replied(self, identity, now): ...
-    def service_fatal(self, service): return False
-    def emit(self, event): self.events.append(event)
-
-
 class RoutingModel(RuleBasedStateMachine):
     @initialize()
     def start(self):
         self.now = 0.0
-        self.hooks = Hooks()
+        self.events = []
         self.finals = Counter()  # client -> final replies received
         self.partials_after_final = 0
         self.sent = []  # every client identity that sent a request
         self.alive: dict[bytes, int] = {}  # identity -> protocol version of its connection
         self.inbox: dict[bytes, list[bytes]] = {}  # identity -> request tokens, in order
-        self.broker = Broker(self.to_client, self.to_worker, BROKER, configured(), self.hooks)
+        self.broker = Broker(self.to_client, self.to_worker, self.events.append, BROKER,
+                             configured())
         self.broker.start(self.now)
+        for identity, service in OWN.items():  # forked by the supervisor
+            self.broker.apply(f.Expect(identity, service, None), self.now)
 
     # --- the fake network ---------------------------------------------------------------
 
@@ -156,12 +139,14 @@ class RoutingModel(RuleBasedStateMachine):
     def process_exits(self, data):
         identity = self.pick(data, self.broker.workers.keys() & OWN.keys())
         self.alive.pop(identity, None)
-        self.broker.forget(identity, self.now)
+        self.broker.apply(f.Gone(identity), self.now)
+        self.broker.apply(f.Expect(identity, OWN[identity], None), self.now)  # its successor
 
     @precondition(lambda self: self.broker.workers.keys() & OWN.keys())
     @rule(data=st.data())
     def retire(self, data):
-        self.broker.retire(self.pick(data, self.broker.workers.keys() & OWN.keys()))
+        self.broker.apply(f.Retire(self.pick(data, self.broker.workers.keys() & OWN.keys())),
+                          self.now)
 
     @rule(dt=st.sampled_from([0.1, 0.5, 1.0, 2.5, 6.0]))
     def tick(self, dt):
@@ -211,6 +196,7 @@ class RoutingModel(RuleBasedStateMachine):
             assert places[client] + self.finals[client] == 1, (
                 f"{client!r}: {places[client]} places, {self.finals[client]} replies")
         assert self.partials_after_final == 0
+        broker.facts.clear()  # (what the supervisor would be told)
 
     def teardown(self):
         if not hasattr(self, "broker"):

@@ -37,10 +37,11 @@ def test_graph_is_complete_and_reachable():
 
 
 def test_key_rules_of_the_graph():
-    """READY only via STARTING (or back from BUSY); nothing restarts but through STARTING;
-    STOPPING ends only in an exit's outcome; FATAL waits for an operator."""
+    """READY only via STARTING (busy is the broker's, not a state); nothing restarts but
+    through STARTING; STOPPING ends only in an exit's outcome; FATAL waits for fatal_retry or
+    an operator."""
     assert [a for a, targets in TRANSITIONS.items() if State.READY in targets] == [
-        State.STARTING, State.BUSY]
+        State.STARTING]
     assert [a for a, targets in TRANSITIONS.items() if State.STARTING in targets] == [
         State.STOPPED, State.BACKOFF, State.FATAL]
     assert TRANSITIONS[State.STOPPING] == {State.STOPPED, State.BACKOFF, State.FATAL}

@@ -30,137 +30,50 @@ gone fails at once: its request is answered "502" (or retried) within one interv
 workers that stay silent ``interval * liveness`` expire. The daemon's own busy workers are
 judged by their request deadline and by their process sentinel.
 
-The broker knows nothing of processes: what it learns about workers it tells its ``hooks``
-(the daemon), which may answer by calling ``forget`` or ``retire``.
+The broker knows nothing of processes. Which identities are the daemon's own workers it learns
+from the supervisor's facts (``Expect``, ``Retire``, ``Gone``, ``ServiceFatal``: see
+tacore/facts.py); what the supervisor must learn (``Ready``, ``Drained``, ``Silent``,
+``TimedOut``, ``LimitReached``) it appends to ``facts``, which the daemon hands over once the
+call into the broker has returned. It owns "busy": a worker is busy while it holds a request.
 """
 
 from __future__ import annotations
 
 import json
 from collections import deque
-from typing import Callable, Protocol
+from typing import Callable
 
 from tacore import events as ev
+from tacore import facts as f
 from tacore.brokering import protocol as mdp
 from tacore.brokering.protocol import ClientRequest
+from tacore.brokering.routes import (OTHER_STATUS, Expected, RateLimit, Route, WorkerLink,
+                                     admission, status_label)
 from tacore.config import ServiceConfig
 from tacore.events import Event
-from tacore.observability.metrics import Histogram
 
 MMI_SERVICE = b"mmi.service"
 COMPLAINTS_PER_SECOND = 20  # log lines about bad peers; more are counted, not logged
 GONE, FULL = "gone", "full"  # what to_worker says when a message could not be sent
-OTHER_STATUS = b"other"  # the one label for replies whose status frame is not a 3-digit code
-
-
-class Hooks(Protocol):
-    """What the broker tells the daemon."""
-
-    def worker_ready(self, identity: bytes, service: bytes, now: float) -> bool | None:
-        """True: one of ours, accepted; False: refuse it; None: an external worker."""
-
-    def worker_expired(self, identity: bytes, now: float, silent_for: float) -> None: ...
-    def worker_busy(self, identity: bytes, busy: bool, now: float) -> None: ...
-    def worker_replied(self, identity: bytes, now: float) -> None: ...
-    def request_timed_out(self, identity: bytes, now: float, age: float) -> None: ...
-    def service_fatal(self, service: str) -> bool: ...
-    def emit(self, event: Event) -> None: ...
-
-
-def status_label(status: bytes) -> bytes:
-    """A reply's status frame as a metric label: a 3-digit code, or ``other`` (bounded)."""
-    return status if len(status) == 3 and status.isdigit() else OTHER_STATUS
-
-
-class Route:
-    """One service: its settings, its queue and its workers with free credit."""
-
-    __slots__ = ("name", "queue", "idle", "spare", "workers", "configured", "queue_limit",
-                 "queue_timeout", "request_timeout", "retry_on_failure", "prefetch",
-                 "external", "keys", "checked", "linger_until", "requests", "by_status",
-                 "latency")
-
-    def __init__(self, name: bytes, service: ServiceConfig, configured: bool):
-        self.name = name
-        self.queue: deque[ClientRequest] = deque()
-        self.idle: deque[WorkerLink] = deque()  # no request: first choice
-        self.spare: deque[WorkerLink] = deque()  # some requests, room for more
-        self.workers = 0  # registered workers, idle or busy
-        self.linger_until = 0.0  # when an unconfigured route without workers may be deleted
-        self.requests = 0  # accepted (queued or dispatched)
-        self.by_status: dict[bytes, int] = {}  # replies sent, by status label (bounded)
-        self.latency = Histogram()  # arrival to reply, in seconds
-        self.apply(service, configured)
-
-    def apply(self, service: ServiceConfig, configured: bool) -> None:
-        self.configured = configured
-        self.queue_limit, self.queue_timeout = service.queue_limit, service.queue_timeout
-        self.request_timeout, self.retry_on_failure = (service.request_timeout,
-                                                       service.retry_on_failure)
-        self.prefetch, self.external = service.prefetch, service.external
-        # The CURVE keys (z85) that may serve it as external workers; None: any allowed key.
-        self.keys = frozenset(service.external_keys) or None
-        self.checked = configured and service.handler is not None  # tacore's body convention
-
-    def answered(self, label: bytes, seconds: float) -> None:
-        self.by_status[label] = self.by_status.get(label, 0) + 1
-        self.latency.observe(seconds)
-
-    def take(self) -> "WorkerLink | None":
-        """The worker to give the next request to, if any has free credit."""
-        if self.idle:
-            link = self.idle.popleft()
-        elif self.spare:
-            link = self.spare.popleft()
-        else:
-            return None
-        link.offered = None
-        return link
-
-    def offer(self, link: "WorkerLink") -> None:
-        """``link`` has free credit (and is in no deque)."""
-        link.offered = self.spare if link.inflight else self.idle
-        link.offered.append(link)
-
-    def withdraw(self, link: "WorkerLink") -> None:
-        if link.offered is not None:
-            link.offered.remove(link)
-            link.offered = None
-
-
-class WorkerLink:
-    """What the broker knows of one registered worker."""
-
-    __slots__ = ("identity", "route", "version", "external", "last_seen", "registered",
-                 "inflight", "capacity", "offered", "requests", "retiring")
-
-    def __init__(self, identity: bytes, route: Route, version: int, external: bool, now: float):
-        self.identity, self.route, self.version, self.external = identity, route, version, external
-        self.last_seen = self.registered = now
-        self.inflight: deque[ClientRequest] = deque()  # in order; the first is running
-        self.capacity = 1 if external else route.prefetch
-        self.offered: deque | None = None  # the route deque it waits in
-        self.requests = 0
-        self.retiring = False
-
-    @property
-    def current(self) -> ClientRequest | None:
-        """The request the worker is running now."""
-        return self.inflight[0] if self.inflight else None
 
 
 class Broker:
+    """The routing core. Its ports — ``to_client(frames)``, ``to_worker(frames)`` (None, GONE
+    or FULL) and ``emit(event)`` — act on the world and never call back into a core."""
+
     def __init__(self, to_client: Callable[[list], None], to_worker: Callable[[list], str | None],
-                 broker, services: dict, hooks: Hooks):
-        self.to_client, self.to_worker, self.hooks = to_client, to_worker, hooks
+                 emit: Callable[[Event], None], broker, services: dict):
+        self.to_client, self.to_worker, self.emit = to_client, to_worker, emit
+        self.facts: list = []  # for the supervisor, handed over by the daemon
         self.routes: dict[bytes, Route] = {}
         self.workers: dict[bytes, WorkerLink] = {}
+        self.expected: dict[bytes, Expected] = {}  # our workers, by identity
         self.stopping = False
         self.unknown_service = 0  # requests answered "404"
         self.sequence = 0
         self.next_heartbeat = float("inf")  # set by start()
         self.next_expiry = float("inf")  # earliest queue or request deadline, maybe early
-        self.complaint_window, self.complaints, self.suppressed = 0.0, 0, 0
+        self.complaints = RateLimit(COMPLAINTS_PER_SECOND)
         self.commands = {mdp.READY: self._ready, mdp.HEARTBEAT: self._heartbeat,
                          mdp.DISCONNECT: self._disconnect, mdp.REPLY: self._reply,
                          mdp.PARTIAL: self._partial}
@@ -191,8 +104,7 @@ class Broker:
                         f"no service named {req.service.decode(errors='replace')!r}", now)
         elif self.stopping:
             self._error(req, b"503", "shutting_down", "the daemon is shutting down", now)
-        elif route.workers == 0 and route.configured and self.hooks.service_fatal(
-                route.name.decode()):
+        elif route.workers == 0 and route.fatal:
             self._error(req, b"503", "service_fatal",
                         f"service {route.name.decode()!r} is FATAL: no worker will start until "
                         "an operator acts", now)
@@ -232,8 +144,6 @@ class Broker:
         link.inflight.append(req)
         if len(link.inflight) == 1:
             self._started(req, link, now)
-            if not link.external:
-                self.hooks.worker_busy(link.identity, True, now)
         else:
             req.deadline = None  # waiting in the worker: its clock starts with it
         if len(link.inflight) < link.capacity and not link.retiring:
@@ -302,55 +212,36 @@ class Broker:
         if link is not None:
             self._refuse(msg, "second READY", now)  # MDP: an unexpected command → DISCONNECT
             return
-        verdict = self.hooks.worker_ready(msg.identity, msg.service, now)
-        if verdict is False:
-            self._refuse(msg, "READY not expected from this worker now", now)
+        if self.stopping:
+            self._refuse(msg, "the daemon is shutting down", now)
             return
         route = self.routes.get(msg.service)
-        if verdict is None:
-            why = self._admission(msg.service, route, key)
+        ours = self.expected.get(msg.identity)
+        if ours is not None:
+            if ours.service != msg.service or ours.retiring or route is None:
+                self._refuse(msg, "READY not expected from this worker now", now)
+                return
+        else:
+            why = admission(msg.service, route, key, self)
             if why:
                 self._refuse(msg, why, now, event=ev.WORKER_REFUSED)
                 return
             if route is None:
                 route = self.routes[msg.service] = Route(msg.service, self.unconfigured, False)
-        elif route is None:  # one of ours, for a service the broker does not know: refuse
-            self._refuse(msg, "no such configured service", now)
-            return
-        link = WorkerLink(msg.identity, route, msg.version, verdict is None, now)
+        link = WorkerLink(msg.identity, route, msg.version, ours is None, now,
+                          ours.request_limit if ours else None)
         self.workers[msg.identity] = link
         route.workers += 1
+        if ours is not None:
+            self.facts.append(f.Ready(msg.identity))
         self._release(link, now)
-
-    def _admission(self, service: bytes, route: Route | None, key: str | None) -> str:
-        """Why an external worker may not serve ``service`` ("" if it may)."""
-        name = service.decode(errors="replace")
-        if service[:4] == b"mmi.":
-            return "mmi.* services belong to the broker"
-        if route is not None and route.configured:
-            if not route.external:
-                return (f"service {name!r} does not take external workers "
-                        f"([services.{name}] external = false)")
-            if route.keys is not None and key not in route.keys:
-                return (f"this worker's CURVE key may not serve {name!r} "
-                        f"([services.{name}] external_keys)")
-            return ""
-        if route is None:
-            if not self.external_services:
-                return (f"service {name!r} is not configured and [broker] external_services "
-                        "is false")
-            unconfigured = sum(not r.configured for r in self.routes.values())
-            if unconfigured >= self.max_external_services:
-                return (f"{unconfigured} services are not configured already "
-                        "([broker] max_external_services)")
-        return ""
 
     def _release(self, link: WorkerLink, now: float) -> None:
         """The worker has free credit: fill it from the queue, or offer it to the route."""
         route = link.route
-        if link.retiring:  # being stopped: it takes nothing new, and the daemon must know
-            if not link.inflight:
-                self.hooks.worker_busy(link.identity, False, now)
+        if link.retiring:  # being stopped: it takes nothing new, and the supervisor must know
+            if not link.inflight and not link.external:
+                self.facts.append(f.Drained(link.identity))
             return
         route.withdraw(link)
         while route.queue and len(link.inflight) < link.capacity:
@@ -361,8 +252,6 @@ class Broker:
             route.withdraw(link)
         if len(link.inflight) < link.capacity:
             route.offer(link)
-        if not link.inflight and not link.external:
-            self.hooks.worker_busy(link.identity, False, now)
 
     def _reply(self, msg: mdp.WorkerMessage, link: WorkerLink | None, now: float) -> None:
         req = self._current_for(msg, link, now)
@@ -382,10 +271,8 @@ class Broker:
         link.inflight.popleft()
         req.worker = None
         link.requests += 1
-        if not link.external:
-            self.hooks.worker_replied(link.identity, now)
-        if link.identity not in self.workers:  # the daemon dropped it meanwhile
-            return
+        if link.requests == link.request_limit:
+            self.facts.append(f.LimitReached(link.identity, link.requests))
         if link.inflight:
             self._started(link.inflight[0], link, now)  # the worker goes on with the next one
         self._release(link, now)
@@ -433,7 +320,7 @@ class Broker:
 
     def _lost(self, link: WorkerLink, now: float) -> None:
         """A send found the worker's connection gone (or full): unregister it."""
-        self.hooks.emit(Event(ev.WORKER_LOST, {
+        self.emit(Event(ev.WORKER_LOST, {
             "service": link.route.name.decode(errors="replace"), "worker": link.identity.hex(),
             "external": link.external, "requests": len(link.inflight)}, severity="warning"))
         self._drop_link(link, now)  # (one of ours reconnects and says READY again)
@@ -501,18 +388,41 @@ class Broker:
                             f"service {route.name.decode()!r} was removed from the configuration",
                             now)
 
-    def forget(self, identity: bytes, now: float) -> None:
-        """This worker's process is gone."""
-        link = self.workers.get(identity)
+    def apply(self, fact, now: float) -> None:
+        """A fact from the supervisor."""
+        self.on_fact[type(fact)](self, fact, now)
+
+    def _expect(self, fact: f.Expect, now: float) -> None:
+        self.expected[fact.identity] = Expected(fact.service, fact.request_limit)
+
+    def _retire(self, fact: f.Retire, now: float) -> None:
+        """No new request for this worker; a current one may still finish, then Drained."""
+        ours = self.expected.get(fact.identity)
+        if ours is not None:
+            ours.retiring = True
+        link = self.workers.get(fact.identity)
+        if link is None:
+            self.facts.append(f.Drained(fact.identity))  # not READY yet: nothing to finish
+            return
+        link.retiring = True
+        link.route.withdraw(link)
+        if not link.inflight:
+            self.facts.append(f.Drained(fact.identity))
+
+    def _gone(self, fact: f.Gone, now: float) -> None:
+        """Its process has exited: what it held is requeued or answered "502"."""
+        self.expected.pop(fact.identity, None)
+        link = self.workers.get(fact.identity)
         if link is not None:
             self._drop_link(link, now)
 
-    def retire(self, identity: bytes) -> None:
-        """This worker is being stopped: no new request; a current one may still finish."""
-        link = self.workers.get(identity)
-        if link is not None:
-            link.retiring = True
-            link.route.withdraw(link)
+    def _service_fatal(self, fact: f.ServiceFatal, now: float) -> None:
+        route = self.routes.get(fact.service)
+        if route is not None:
+            route.fatal = fact.fatal
+
+    on_fact = {f.Expect: _expect, f.Retire: _retire, f.Gone: _gone,
+               f.ServiceFatal: _service_fatal}
 
     def stop_accepting(self, now: float) -> None:
         """Shutdown: new requests get "503"; queued ones are answered "503" now."""
@@ -531,7 +441,7 @@ class Broker:
         if now - self.next_heartbeat > self.expiry / 2:
             # The daemon itself did not run (stopped, suspended, starved): the workers' silence
             # is not theirs. Start counting again instead of killing every one of them.
-            self.hooks.emit(Event(ev.DAEMON_STALLED,
+            self.emit(Event(ev.DAEMON_STALLED,
                                   {"seconds": round(now - self.next_heartbeat, 3)},
                                   severity="warning"))
             for link in self.workers.values():
@@ -541,7 +451,8 @@ class Broker:
             self._drop_link(link, now)
             if link.external:
                 self.to_worker(mdp.worker_command(link.identity, link.version, mdp.DISCONNECT))
-            self.hooks.worker_expired(link.identity, now, now - link.last_seen)
+            else:
+                self.facts.append(f.Silent(link.identity, now - link.last_seen))
         for link in [w for w in self.workers.values() if w.external or not w.inflight]:
             if link.identity in self.workers:
                 self._probe(link, now)
@@ -580,7 +491,7 @@ class Broker:
             if link.external:
                 self.to_worker(mdp.worker_command(link.identity, link.version, mdp.DISCONNECT))
             else:
-                self.hooks.request_timed_out(link.identity, now, now - req.arrived)
+                self.facts.append(f.TimedOut(link.identity, now - req.arrived))
         self.next_expiry = min(self.next_expiry, earliest)
 
     def next_deadline(self) -> float:
@@ -588,15 +499,11 @@ class Broker:
 
     def _complain(self, event: str, now: float, **fields) -> None:
         """Log a bad peer, at most COMPLAINTS_PER_SECOND lines a second (a flood is counted)."""
-        if now - self.complaint_window >= 1.0:
-            if self.suppressed:
-                self.hooks.emit(Event(ev.PROTOCOL_ERROR, {"suppressed": self.suppressed}))
-            self.complaint_window, self.complaints, self.suppressed = now, 0, 0
-        self.complaints += 1
-        if self.complaints > COMPLAINTS_PER_SECOND:
-            self.suppressed += 1
-            return
-        self.hooks.emit(Event(event, fields))
+        suppressed = self.complaints.admit(now)
+        if suppressed:
+            self.emit(Event(ev.PROTOCOL_ERROR, {"suppressed": suppressed}))
+        if self.complaints.allowed:
+            self.emit(Event(event, fields))
 
     # --- what status reads --------------------------------------------------------------
 

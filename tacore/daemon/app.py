@@ -88,6 +88,7 @@ class Daemon:
             self._watch(self.signals.fileno(), self._on_signal)
             self.broker.start(time.monotonic())
             self.supervisor.start(time.monotonic())
+            self._settle(time.monotonic())
             self.emit(Event(ev.DAEMON_STARTED, {
                 "pid": self.pid, "version": __version__, "config": str(self.config.path),
                 "services": {n: s.workers for n, s in self.config.services.items()},
@@ -125,12 +126,10 @@ class Daemon:
             self.backend.setsockopt(zmq.HEARTBEAT_TIMEOUT, interval_ms * broker.heartbeat_liveness)
         self.control_sock = self._socket(zmq.ROUTER, [control.endpoint], "control", control,
                                          group=control.group)
-        self.broker = Broker(self._to_client, self._to_worker, broker, self.config.services,
-                             hooks=self)
+        self.broker = Broker(self._to_client, self._to_worker, self.emit, broker,
+                             self.config.services)
         self.supervisor = Supervisor(
-            self.config, self.emit, self._watch, self._unwatch, forget=self.broker.forget,
-            retire=self.broker.retire,
-            spawner=self.spawner,
+            self.config, self.emit, self._watch, self._unwatch, spawner=self.spawner,
             worker_curve=client_keys(broker.curve_secret_key) if broker.curve_secret_key else None)
         self.control = ControlServer(self.control_sock, self, self.emit)
         self._watch(self.frontend, self._on_frontend)
@@ -194,7 +193,9 @@ class Daemon:
             # Skip a source an earlier handler in this batch unwatched, or whose descriptor
             # number was reused by a newer registration: the event was for the old one.
             if handler is not None and registered <= polled_at:
-                handler(time.monotonic())
+                now = time.monotonic()
+                handler(now)
+                self._settle(now)
 
     # --- the broker's sockets: everything received goes to it, what it sends goes out ----
 
@@ -277,11 +278,26 @@ class Daemon:
         self._watch(self.spawner.fileno(), self._on_spawner)
         self.emit(Event(ev.SPAWNER_STARTED, {"pid": self.spawner.pid}))
 
+    def _settle(self, now: float) -> None:
+        """Hand each core what the other one found out, until neither has anything to say.
+        Each fact is applied after the call that produced it has returned: one way at a time,
+        no core entered twice."""
+        broker, supervisor = self.broker, self.supervisor
+        while broker.facts or supervisor.facts:
+            facts, broker.facts = broker.facts, []
+            for fact in facts:
+                supervisor.apply(fact, now)
+            facts, supervisor.facts = supervisor.facts, []
+            for fact in facts:
+                broker.apply(fact, now)
+
     def _fire_deadlines(self, now: float) -> None:
         if self.spawner_retry is not None and now >= self.spawner_retry:
             self._restart_spawner(now)
         self.broker.tick(now)
+        self._settle(now)
         self.supervisor.tick(now)
+        self._settle(now)
         if now >= self.next_sample:
             self._sample(now)
             self.next_sample = now + self.config.state.sample_interval
@@ -405,28 +421,6 @@ class Daemon:
         self.emit(Event(ev.DAEMON_RELOAD, {"config": str(config.path), **result}))
         self.notifier.ready(pool_summary(self.status()["services"])[0])
         return result
-
-    # --- the broker's hooks: what it tells the daemon about workers ----------------------
-
-    def worker_ready(self, identity: bytes, service: bytes, now: float) -> bool | None:
-        if self.stopping:
-            return False
-        return self.supervisor.on_ready(identity, service, now)
-
-    def worker_expired(self, identity: bytes, now: float, silent_for: float) -> None:
-        self.supervisor.on_unresponsive(identity, now, silent_for)
-
-    def worker_busy(self, identity: bytes, busy: bool, now: float) -> None:
-        self.supervisor.set_busy(identity, busy, now)
-
-    def worker_replied(self, identity: bytes, now: float) -> None:
-        self.supervisor.replied(identity, now)
-
-    def request_timed_out(self, identity: bytes, now: float, age: float) -> None:
-        self.supervisor.on_request_timeout(identity, now, age)
-
-    def service_fatal(self, service: str) -> bool:
-        return self.supervisor.service_fatal(service)
 
     # --- what the control commands and the HTTP endpoint read ---------------------------
 

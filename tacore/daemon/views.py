@@ -16,7 +16,10 @@ def status(daemon, now: float) -> dict:
         identities = [s.worker.identity if s.worker else None
                       for s in daemon.supervisor.services[name].slots]
         for worker, identity in zip(entry["workers"], identities):
-            worker.update(_link_view(daemon.broker.link(identity) if identity else None, now))
+            link = daemon.broker.link(identity) if identity else None
+            worker.update(_link_view(link, now))
+            if worker["state"] == "READY" and link is not None and link.inflight:
+                worker["state"] = "BUSY"  # busy is the broker's to know
         service = entry["config"]
         services[name] = {"workers": entry["workers"], "configured": service.workers,
                           "desired": entry["desired"], "min_ready": service.min_ready,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 
 # Exit status of a worker whose service could not be created or whose start() raised.
 EXIT_START_FAILED = 3
+# The signal on which a worker's faulthandler writes every thread's stack to its stack pipe.
+DUMP_SIGNAL = signal.SIGUSR1
 
 
 @dataclass(frozen=True)

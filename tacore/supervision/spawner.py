@@ -362,3 +362,34 @@ def _report_exits(sock: socket.socket) -> None:
 
 if __name__ == "__main__":
     serve(int(sys.argv[1]), int(sys.argv[2]))
+
+
+class System:
+    """The supervisor's only ways to touch processes besides spawning: signals and /proc.
+    A test gives the supervisor a fake one."""
+
+    @staticmethod
+    def kill(pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass  # it exited already; its pidfd will tell the loop
+
+    @staticmethod
+    def is_frozen(pid: int) -> bool:
+        """True if the process is stopped (SIGSTOP, or a tracer): it can answer no signal."""
+        try:
+            return psutil.Process(pid).status() in (psutil.STATUS_STOPPED,
+                                                    psutil.STATUS_TRACING_STOP)
+        except psutil.Error:
+            return False
+
+    @staticmethod
+    def figures(w: WorkerProcess) -> dict | None:
+        """CPU, memory, threads and descriptors of a worker (None if it cannot be read)."""
+        try:
+            with w.ps.oneshot():
+                return {"cpu_percent": w.ps.cpu_percent(None), "rss_bytes": w.ps.memory_info().rss,
+                        "threads": w.ps.num_threads(), "fds": w.ps.num_fds()}
+        except (psutil.Error, AttributeError):  # (no ps: it was gone at the fork already)
+            return None

@@ -1,15 +1,16 @@
 """The worker-slot lifecycle: states, the allowed moves, and the one function that moves.
 
-    STOPPED ──spawn──▶ STARTING ──READY──▶ READY ◀──reply/request──▶ BUSY
-       ▲                  │                  │                        │
-       │                  └──────────────────┴───────┬────────────────┘
+    STOPPED ──spawn──▶ STARTING ──READY──▶ READY
+       ▲                  │                  │
+       │                  └──────────────────┴───────┐
        │                      kill (timeout, stop)   │ exited on its own
        │                                 ▼           ▼
        └──── exited, stop wanted ─── STOPPING ──▶ BACKOFF ──delay──▶ STARTING
                                          │           │
                                          └─────────▶ FATAL ──fatal_retry/operator──▶ STARTING
 
-A slot leaves STOPPING when its process has exited: for STOPPED if the stop was wanted (an
+Busy or idle is not a lifecycle state: the broker owns it (a READY worker holding a request
+is shown as BUSY in status). A slot leaves STOPPING when its process has exited: for STOPPED if the stop was wanted (an
 operator or shutdown), for BACKOFF or FATAL if the kill was a failure (start timeout, missed
 heartbeats, request timeout). A process that dies by itself goes to BACKOFF or FATAL, or
 straight to STOPPED when no restart is wanted any more (the daemon is shutting down, the slot
@@ -25,7 +26,6 @@ class State(enum.Enum):
     STOPPED = "STOPPED"
     STARTING = "STARTING"
     READY = "READY"
-    BUSY = "BUSY"
     STOPPING = "STOPPING"
     BACKOFF = "BACKOFF"
     FATAL = "FATAL"
@@ -38,17 +38,14 @@ S = State
 TRANSITIONS: dict[State, frozenset[State]] = {
     S.STOPPED: frozenset({S.STARTING}),
     S.STARTING: frozenset({S.READY, S.STOPPING, S.BACKOFF, S.FATAL, S.STOPPED}),
-    S.READY: frozenset({S.BUSY, S.STOPPING, S.BACKOFF, S.FATAL, S.STOPPED}),
-    S.BUSY: frozenset({S.READY, S.STOPPING, S.BACKOFF, S.FATAL, S.STOPPED}),
+    S.READY: frozenset({S.STOPPING, S.BACKOFF, S.FATAL, S.STOPPED}),
     S.STOPPING: frozenset({S.STOPPED, S.BACKOFF, S.FATAL}),
     S.BACKOFF: frozenset({S.STARTING, S.STOPPED}),
     S.FATAL: frozenset({S.STARTING, S.STOPPED}),
 }
 
 # States in which the slot has a live process.
-RUNNING = frozenset({S.STARTING, S.READY, S.BUSY, S.STOPPING})
-# States that count as able to serve for health and readiness.
-SERVING = frozenset({S.READY, S.BUSY})
+RUNNING = frozenset({S.STARTING, S.READY, S.STOPPING})
 
 
 class TransitionError(Exception):

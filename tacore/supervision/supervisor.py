@@ -12,50 +12,41 @@ must stop doing with a worker.
 from __future__ import annotations
 
 import itertools
-import os
 import signal
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Callable
 
-import psutil
-
 from tacore import events as ev
-from tacore.config import Config, ServiceConfig
+from tacore.config import Config
 from tacore.events import Event
-from tacore.runtime.child import DUMP_SIGNAL
 from tacore.runtime.spec import EXIT_START_FAILED
+from tacore import facts as f
 from tacore.supervision import spawner
+from tacore.supervision import spawner as spawner_module
 from tacore.supervision.policy import CRASH
-from tacore.supervision.slot import Drain, ServiceSlots, Slot
-from tacore.supervision.stacks import annotate
-from tacore.supervision.states import SERVING, State, check_transition
-
-DUMP_WAIT = 1.0  # how long to wait for a stack dump before going on without one
-
-
-@dataclass
-class Dump:
-    """A stack dump in progress: who waits for it, and what to do once it is in."""
-
-    deadline: float
-    waiters: list = field(default_factory=list)  # callables taking {"stack", "blocked_at"}
-    kill_event: str | None = None  # log this event with the stack, then stop the worker
-    context: dict = field(default_factory=dict)
+from tacore.supervision.moves import Moves
+from tacore.supervision.stopping import Stopping
+from tacore.supervision.slot import Slot, ServiceSlots
+from tacore.supervision.states import State, check_transition
 
 
-class Supervisor:
+
+class Supervisor(Moves, Stopping):
+    """The supervision core: slots, their lifecycle and deadlines. Its ports (emit, watch,
+    unwatch, the spawner and ``system``'s signals and /proc reads) act on the world and never
+    call back into a core; what the broker must learn goes to ``facts``."""
+
     def __init__(self, config: Config, emit: Callable[[Event], None],
                  watch: Callable[[int, Callable[[float], None]], None],
-                 unwatch: Callable[[int], None],
-                 forget: Callable[[bytes, float], None], retire: Callable[[bytes], None],
-                 spawner: spawner.Spawner, worker_curve: dict | None = None):
+                 unwatch: Callable[[int], None], spawner: spawner.Spawner,
+                 system: spawner.System | None = None, worker_curve: dict | None = None):
         self.config, self.emit, self.watch, self.unwatch = config, emit, watch, unwatch
         self.spawner = spawner  # forks the workers: the daemon never does
+        self.system = system or spawner_module.System()  # signals, /proc: the only OS calls
         self.worker_curve = worker_curve  # CURVE client options for a protected backend
-        self.forget = forget  # tells the broker a worker's process is gone
-        self.retire = retire  # tells the broker to give a worker no more requests
+        self.facts: list = []  # for the broker, handed over by the daemon
+        self.fatal_services: set[str] = set()  # told to the broker (ServiceFatal)
         self.services: dict[str, ServiceSlots] = {}
         for name, service in config.services.items():
             self.services[name] = ServiceSlots(service, [Slot(service, i)
@@ -65,7 +56,7 @@ class Supervisor:
         self.generations = itertools.count(1)
         self.shutting_down = False
         self._next_deadline: float | None = None
-        self._dirty = True  # deadlines may have moved; READY <-> BUSY never moves one
+        self._dirty = True  # deadlines may have moved
 
     def all_slots(self) -> list[Slot]:
         return [slot for service in self.services.values() for slot in service.slots]
@@ -126,18 +117,19 @@ class Supervisor:
                 deadlines.append(slot.drain.deadline)
         return min(deadlines, default=None)
 
-    def on_ready(self, identity: bytes, service: bytes, now: float) -> bool | None:
-        """A READY arrived. None: not one of ours. True: accepted. False: refuse it."""
-        slot = self.by_identity.get(identity)
-        if slot is None:
-            return None
-        self._dirty = True
-        if service != slot.service.name.encode() or slot.drain is not None:
-            return False
-        if slot.state in SERVING:
-            return True  # it reconnected (it lost the broker for a while): re-register it
+    # --- facts from the broker -------------------------------------------------------------
+
+    def apply(self, fact, now: float) -> None:
+        slot = self.by_identity.get(fact.identity)
+        if slot is not None:  # (a fact about a process that has gone since is moot)
+            self.on_fact[type(fact)](self, slot, fact, now)
+
+    def _on_ready(self, slot: Slot, fact: f.Ready, now: float) -> None:
+        """One of ours said READY (the broker checked its service and that it is not being
+        stopped); a second READY is a worker that reconnected."""
         if slot.state is not State.STARTING:
-            return False
+            return
+        self._dirty = True
         slot.ready_at = now
         self._change(slot, State.READY, now, ev.WORKER_READY,
                      startup_seconds=round(now - slot.worker.started, 4))
@@ -147,50 +139,46 @@ class Supervisor:
                 after_fatal=round(now - slot.fatal_at, 3) if slot.fatal_at else None)))
         if slot.replaces is not None:
             self._take_over(slot, now)
-        return True
 
-    def on_unresponsive(self, identity: bytes, now: float, silent_for: float) -> None:
+    def _on_silent(self, slot: Slot, fact: f.Silent, now: float) -> None:
         """The broker stopped hearing from a READY worker: it is frozen; replace it."""
-        slot = self.by_identity.get(identity)
-        if slot is not None and slot.state in SERVING:
+        if slot.state is State.READY:
             self._begin_stop(slot, now, "heartbeat_timeout", failure=True,
-                             dump_event=ev.WORKER_UNRESPONSIVE, silent_for=round(silent_for, 3))
+                             dump_event=ev.WORKER_UNRESPONSIVE,
+                             silent_for=round(fact.silent_for, 3))
 
-    def on_request_timeout(self, identity: bytes, now: float, age: float) -> None:
+    def _on_timed_out(self, slot: Slot, fact: f.TimedOut, now: float) -> None:
         """A request ran past request_timeout: show where the worker is, then replace it."""
-        slot = self.by_identity.get(identity)
-        if slot is not None and slot.state in SERVING:
+        if slot.state is State.READY:
             self._begin_stop(slot, now, "request_timeout", failure=True,
-                             dump_event=ev.REQUEST_TIMEOUT, request_age=round(age, 3),
+                             dump_event=ev.REQUEST_TIMEOUT, request_age=round(fact.age, 3),
                              request_timeout=slot.service.request_timeout)
 
-    def set_busy(self, identity: bytes, busy: bool, now: float) -> None:
-        """The broker gave an idle worker a request, or it answered its last one (the hot
-        path: no event)."""
-        slot = self.by_identity.get(identity)
-        if slot is None or slot.state not in SERVING:
-            return
-        new = State.BUSY if busy else State.READY
-        if slot.state is not new:
-            self._change(slot, new, now, quiet=True)
-        if not busy and slot.drain is not None:
+    def _on_drained(self, slot: Slot, fact: f.Drained, now: float) -> None:
+        """A worker being drained holds no request any more: stop it."""
+        if slot.drain is not None:
             self._stop_drained(slot, now)
 
-    def replied(self, identity: bytes, now: float) -> None:
-        """A worker answered a request: count it, and recycle it at max_requests."""
-        slot = self.by_identity.get(identity)
-        if slot is None:
-            return
-        slot.served += 1
-        if (slot.request_limit is not None and slot.served >= slot.request_limit
-                and slot.drain is None and slot.state in SERVING):
-            self._recycle(slot, now, "max_requests", served=slot.served)
+    def _on_limit(self, slot: Slot, fact: f.LimitReached, now: float) -> None:
+        """A worker answered max_requests (with its jitter): replace it."""
+        if slot.drain is None and slot.state is State.READY:
+            self._recycle(slot, now, "max_requests", served=fact.served)
+
+    on_fact = {f.Ready: _on_ready, f.Silent: _on_silent, f.TimedOut: _on_timed_out,
+               f.Drained: _on_drained, f.LimitReached: _on_limit}
 
     def service_fatal(self, service: str) -> bool:
         """True when every slot of the service is FATAL: nothing will serve it by itself."""
         entry = self.services.get(service)
         return entry is not None and bool(entry.slots) and all(
             slot.state is State.FATAL for slot in entry.slots)
+
+    def _tell_fatal(self, service: str) -> None:
+        """After a change to or from FATAL: tell the broker if the service's verdict moved."""
+        fatal = self.service_fatal(service)
+        if fatal != (service in self.fatal_services):
+            (self.fatal_services.add if fatal else self.fatal_services.discard)(service)
+            self.facts.append(f.ServiceFatal(service.encode(), fatal))
 
     def shutdown(self, now: float) -> None:
         """Drain every worker (up to [daemon] stop_timeout), then stop it; no restarts."""
@@ -204,7 +192,7 @@ class Supervisor:
         """Second interrupt during shutdown: SIGKILL every worker now."""
         for slot in self.all_slots():
             if slot.worker is not None:
-                _signal(slot.worker.pid, signal.SIGKILL)
+                self.system.kill(slot.worker.pid, signal.SIGKILL)
                 slot.worker.killed = True
 
     def all_stopped(self) -> bool:
@@ -218,133 +206,18 @@ class Supervisor:
                        "removing": entry.removing}
                 for name, entry in self.services.items()}
 
-    # --- operator commands: each records intent; ticks and events carry it out ------------
-
-    def slots_of(self, service: str, index: int | None = None) -> list[Slot]:
-        """The slots a command names (SERVICE or SERVICE/SLOT); KeyError if there are none."""
-        entry = self.services.get(service)
-        if entry is None or entry.removing:
-            raise KeyError(f"no service {service!r}; known: {', '.join(self.services)}")
-        slots = [s for s in entry.slots if index is None or s.index == index]
-        if not slots:
-            raise KeyError(f"{service} has no slot {index}")
-        return slots
-
-    def restart(self, service: str, index: int | None, now: float) -> dict:
-        """Rolling restart: each running worker is replaced once its successor is READY."""
-        entry = self.services[service]
-        running, started = [], []
-        for slot in self.slots_of(service, index):
-            if slot.state in (State.READY, State.BUSY, State.STARTING) and slot.drain is None:
-                if slot not in entry.rolling and slot.replaced_by is None:
-                    entry.rolling.append(slot)
-                    running.append(slot.index)
-            elif slot.state in (State.STOPPED, State.FATAL, State.BACKOFF) and not slot.drain:
-                self._start_now(slot, now)
-                started.append(slot.index)
-        self._advance_roll(entry, now)
-        return {"service": service, "rolling": running, "started": started}
-
-    def stop(self, service: str, index: int | None, now: float) -> dict:
-        slots = self.slots_of(service, index)
-        for slot in slots:
-            self._drain(slot, now, "stopped by operator", None, remove=False)
-        entry = self.services[service]
-        entry.rolling = [s for s in entry.rolling if s not in slots]
-        stopped = [slot.index for slot in slots]
-        return {"service": service, "stopped": stopped}
-
-    def start_slots(self, service: str, index: int | None, now: float) -> dict:
-        started = []
-        for slot in self.slots_of(service, index):
-            if slot.state in (State.STOPPED, State.FATAL, State.BACKOFF) and slot.drain is None:
-                self._start_now(slot, now)
-                started.append(slot.index)
-        return {"service": service, "started": started}
-
-    def scale(self, service: str, count: int, now: float) -> dict:
-        """Add slots, or drain and remove the highest-numbered ones."""
-        entry = self.services.get(service)
-        if entry is None or entry.removing:
-            raise KeyError(f"no service {service!r}; known: {', '.join(self.services)}")
-        if count and entry.config.handler is None:
-            raise ValueError(f"service {service!r} has no handler: only external workers serve it")
-        entry.desired = count
-        live = sorted(entry.live(), key=lambda s: s.index)
-        added = []
-        for _ in range(count - len(live)):
-            slot = Slot(entry.config, entry.free_index())
-            entry.slots.append(slot)
-            self._spawn(slot, now)
-            added.append(slot.index)
-        retired = []
-        for slot in reversed(live[count:]):
-            self._retire_slot(entry, slot, now, "scaled down")
-            retired.append(slot.index)
-        return {"service": service, "workers": count, "added": added, "retired": retired}
-
-    def dump(self, service: str, index: int, now: float, reply: Callable[[dict], None]) -> None:
-        """Ask a worker for the stack of every thread; ``reply`` gets it (without stopping it)."""
-        slots = self.slots_of(service, index)
-        slot = next((s for s in slots if s.worker is not None), None)
-        if slot is None:
-            raise KeyError(f"{service}/{index} has no process ({slots[0].state})")
-        self._start_dump(slot, now).waiters.append(reply)
-
-    def reconfigure(self, config: Config, now: float) -> dict:
-        """Apply a new, valid configuration: start new services, drain removed ones, roll
-        changed ones; leave unchanged ones (and their runtime scale) alone."""
-        old, self.config = self.config, config
-        report = {"added": [], "removed": [], "changed": [], "unchanged": []}
-        for name, service in config.services.items():
-            entry = self.services.get(name)
-            if entry is None or entry.removing:
-                self._add_service(name, service, now)
-                report["added"].append(name)
-            elif service != entry.config:
-                self._change_service(entry, service, now)
-                report["changed"].append(name)
-            else:
-                report["unchanged"].append(name)
-        for name in set(old.services) - set(config.services):
-            self._remove_service(self.services[name], now)
-            report["removed"].append(name)
-        return report
-
-    def _add_service(self, name: str, service: ServiceConfig, now: float) -> None:
-        leaving = self.services[name].slots if name in self.services else []  # still draining
-        self.services[name] = ServiceSlots(service, list(leaving), desired=service.workers)
-        self.scale(name, service.workers, now)
-
-    def _change_service(self, entry: ServiceSlots, service: ServiceConfig, now: float) -> None:
-        """New settings for every slot: running workers are rolled, the count follows."""
-        entry.config, entry.desired = service, service.workers
-        for slot in list(entry.slots):
-            if slot.worker is None and not slot.drain:
-                entry.slots[entry.slots.index(slot)] = replacement = Slot(service, slot.index, slot)
-                if slot.state is not State.STOPPED:  # FATAL or BACKOFF: try the new settings
-                    self._spawn(replacement, now)
-        self.restart(service.name, None, now)
-        self.scale(service.name, service.workers, now)
-
-    def _remove_service(self, entry: ServiceSlots, now: float) -> None:
-        entry.removing, entry.rolling = True, []
-        for slot in list(entry.slots):
-            self._retire_slot(entry, slot, now, "service removed")
-
     # --- lifecycle ----------------------------------------------------------------------------
 
     def _change(self, slot: Slot, new: State, now: float, event: str | None = None,
-                quiet: bool = False, **context):
-        """The one place a slot changes state; every change but READY <-> BUSY (one per
-        request, counted rather than logged) emits exactly one event."""
+                **context):
+        """The one place a slot changes state; every change emits exactly one event."""
         check_transition(slot.state, new)
         old, slot.state, slot.since = slot.state, new, now
-        if quiet:
-            return
         self._dirty = True
         self.emit(Event(event or ev.WORKER_STATE,
                         slot.context(state=str(new), previous=str(old), **context)))
+        if State.FATAL in (old, new):
+            self._tell_fatal(slot.service.name)
 
     def _spawn(self, slot: Slot, now: float) -> None:
         s = slot.service
@@ -368,6 +241,7 @@ class Supervisor:
         slot.worker, slot.spawns = w, slot.spawns + 1
         slot.new_process()
         self.by_identity[identity] = slot
+        self.facts.append(f.Expect(identity, s.name.encode(), slot.request_limit))
         self.watch(w.sentinel, lambda now: self._on_exit(slot, w, now))
         self.watch(w.stack.fd, lambda now: self._on_stack(w, now))
         self._change(slot, State.STARTING, now, ev.WORKER_SPAWNED, pid=w.pid,
@@ -394,147 +268,7 @@ class Supervisor:
         if not w.stack.read(now):
             self.unwatch(w.stack.fd)  # the worker closed its end: it is exiting
 
-    # --- draining, replacing, retiring --------------------------------------------------------
-
-    def _drain(self, slot: Slot, now: float, reason: str, deadline: float | None,
-               remove: bool) -> None:
-        """No new requests for this slot's worker; stop it once its current request is done."""
-        self._dirty = True
-        if slot.worker is None or slot.state is State.STOPPING:
-            if slot.state is State.STOPPING:
-                slot.drain = Drain(reason, None, remove)  # already on its way out
-            elif slot.state in (State.BACKOFF, State.FATAL):
-                self._change(slot, State.STOPPED, now, ev.WORKER_STOPPED, reason=reason)
-            if remove and slot.worker is None:
-                self._remove(slot)
-            return
-        slot.drain = Drain(reason, deadline, remove)
-        self.retire(slot.worker.identity)
-        if slot.state is not State.BUSY:
-            self._stop_drained(slot, now)
-
-    def _stop_drained(self, slot: Slot, now: float) -> None:
-        if slot.state is not State.STOPPING and slot.worker is not None:
-            self._begin_stop(slot, now, slot.drain.reason, failure=False)
-
-    def _retire_slot(self, entry: ServiceSlots, slot: Slot, now: float, reason: str) -> None:
-        if slot in entry.rolling:
-            entry.rolling.remove(slot)
-        for other in (slot.replaces, slot.replaced_by):
-            if other is not None:  # a replacement in flight goes too
-                other.replaces = other.replaced_by = None
-                self._drain(other, now, reason, None, remove=True)
-        slot.replaces = slot.replaced_by = None
-        self._drain(slot, now, reason, None, remove=True)
-
-    def _recycle(self, slot: Slot, now: float, why: str, **context) -> None:
-        """Replace a worker that reached a limit, without losing capacity."""
-        if slot.replaced_by is not None or slot.drain is not None:
-            return
-        self.emit(Event(ev.WORKER_RECYCLE, slot.context(reason=why, **context)))
-        self._replace(slot, now)
-
-    def _replace(self, old: Slot, now: float) -> None:
-        entry = self.services[old.service.name]
-        new = Slot(entry.config, old.index, old)
-        new.replaces, old.replaced_by = old, new
-        entry.slots.insert(entry.slots.index(old) + 1, new)
-        self._spawn(new, now)
-
-    def _take_over(self, new: Slot, now: float) -> None:
-        """The replacement is READY: the old worker drains and goes."""
-        old, new.replaces = new.replaces, None
-        old.replaced_by = None
-        self._drain(old, now, "replaced", None, remove=True)
-
-    def _advance_roll(self, entry: ServiceSlots, now: float) -> None:
-        """A rolling restart replaces one slot at a time, so capacity never drops."""
-        if any(s.replaces is not None or (s.drain and s.drain.reason == "replaced")
-               for s in entry.slots):
-            return
-        while entry.rolling:
-            old = entry.rolling.pop(0)
-            if old in entry.slots and old.worker is not None and old.drain is None:
-                self.emit(Event(ev.WORKER_RESTARTING, old.context(reason="restart")))
-                self._replace(old, now)
-                return
-
-    def _remove(self, slot: Slot) -> None:
-        entry = self.services.get(slot.service.name)
-        if entry is None or slot not in entry.slots:
-            return
-        entry.slots.remove(slot)
-        self.emit(Event(ev.WORKER_REMOVED, slot.context(reason=slot.drain.reason
-                                                        if slot.drain else None)))
-        if entry.removing and not entry.slots:
-            del self.services[slot.service.name]
-        else:
-            self._advance_roll(entry, time.monotonic())
-
-    # --- stopping and exits ---------------------------------------------------------------------
-
-    def _begin_stop(self, slot: Slot, now: float, reason: str, failure: bool,
-                    dump_event: str | None = None, **context) -> None:
-        w = slot.worker
-        w.stop_reason, w.stop_is_failure = reason, failure
-        self.retire(w.identity)
-        if dump_event is None:
-            self._change(slot, State.STOPPING, now, ev.WORKER_STOPPING, reason=reason)
-            self._terminate(slot, now)
-            return
-        self._change(slot, State.STOPPING, now, reason=reason)
-        dump = self._start_dump(slot, now)
-        dump.kill_event, dump.context = dump_event, context
-
-    def _start_dump(self, slot: Slot, now: float) -> Dump:
-        w = slot.worker
-        if w.dump is None:
-            w.dump = Dump(deadline=now + DUMP_WAIT)
-            if _is_frozen(w.pid):  # a stopped process runs no signal handler: do not wait
-                w.dump.deadline = now
-                w.frozen = True
-            else:
-                w.stack.start_dump()
-                _signal(w.pid, DUMP_SIGNAL)
-            self._dirty = True
-        return w.dump
-
-    def _finish_dump(self, slot: Slot, now: float) -> None:
-        """The dump is in (or will not come): answer who asked, log a timeout, stop if due."""
-        w, dump = slot.worker, slot.worker.dump
-        w.dump = None
-        raw = w.stack.buffer.decode(errors="replace")
-        stack, blocked_at = annotate(raw, w.stack.main_ident) if raw else (None, None)
-        stack = stack or ("unavailable: the process is stopped (SIGSTOP or a tracer)" if w.frozen
-                          else "unavailable: no answer to the dump signal")
-        for reply in dump.waiters:
-            reply({"service": slot.service.name, "slot": slot.index, "pid": w.pid,
-                   "blocked_at": blocked_at, "stack": stack})
-        if dump.kill_event is None:
-            return
-        context = dict(dump.context)
-        if dump.kill_event == ev.WORKER_START_TIMEOUT:
-            context.update(start_timeout=slot.service.start_timeout,
-                           elapsed=round(now - w.started, 3))
-        if w.frozen:
-            context["process_state"] = "stopped (SIGSTOP or a tracer)"
-        self.emit(Event(dump.kill_event, slot.context(blocked_at=blocked_at, **context,
-                                                      stack=stack)))
-        self._terminate(slot, now)
-
-    def _terminate(self, slot: Slot, now: float) -> None:
-        w = slot.worker
-        _signal(w.pid, signal.SIGTERM)
-        if w.frozen or _is_frozen(w.pid):
-            _signal(w.pid, signal.SIGCONT)  # let it run its SIGTERM handler
-        w.kill_deadline = now + slot.service.stop_timeout
-
-    def _kill(self, slot: Slot, now: float) -> None:
-        w = slot.worker
-        _signal(w.pid, signal.SIGKILL)
-        w.killed = True
-        self.emit(Event(ev.WORKER_KILLED, slot.context(
-            reason=w.stop_reason, after=round(now - (w.kill_deadline - slot.service.stop_timeout), 3))))
+    # --- exits ---------------------------------------------------------------------------------
 
     def _on_exit(self, slot: Slot, w: spawner.WorkerProcess, now: float) -> None:
         """The worker's sentinel fired: reap it, record why it ended, decide what comes next."""
@@ -545,7 +279,7 @@ class Supervisor:
         self.unwatch(w.stack.fd)
         w.stack.close()
         self.by_identity.pop(w.identity, None)
-        self.forget(w.identity, now)
+        self.facts.append(f.Gone(w.identity))  # the broker requeues or answers what it held
         slot.worker = None
         if w.dump is not None:
             for reply in w.dump.waiters:
@@ -582,7 +316,7 @@ class Supervisor:
             if slot.replaced_by is not None:
                 slot.replaced_by.replaces = None
                 slot.replaced_by = None
-            self._remove(slot)
+            self._remove(slot, now)
         elif self.shutting_down or slot.drain is not None or not failure:
             self._change(slot, State.STOPPED, now, ev.WORKER_STOPPED, pid=pid)
             slot.drain = None
@@ -630,24 +364,14 @@ class Supervisor:
             w = slot.worker
             if w is None:
                 continue
-            try:
-                with w.ps.oneshot():
-                    slot.figures = {"cpu_percent": w.ps.cpu_percent(None),
-                                    "rss_bytes": w.ps.memory_info().rss,
-                                    "threads": w.ps.num_threads(), "fds": w.ps.num_fds()}
-            except psutil.Error:
+            figures = self.system.figures(w)
+            if figures is None:
                 continue
+            slot.figures = figures
             limit = slot.service.max_memory_mb
-            if limit and slot.state in SERVING and slot.figures["rss_bytes"] > limit * 2**20:
+            if limit and slot.state is State.READY and figures["rss_bytes"] > limit * 2**20:
                 self._recycle(slot, now, "max_memory", rss_bytes=slot.figures["rss_bytes"],
                               max_memory_mb=limit)
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass  # it exited already; its sentinel will tell the loop
 
 
 def _signal_name(number: int) -> str:
@@ -656,10 +380,3 @@ def _signal_name(number: int) -> str:
     except ValueError:
         return str(number)
 
-
-def _is_frozen(pid: int) -> bool:
-    """True if the process is stopped (SIGSTOP, or a tracer): it can answer no signal."""
-    try:
-        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
-    except psutil.Error:
-        return False

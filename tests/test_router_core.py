@@ -1,0 +1,153 @@
+"""The routing core with a fake clock and a fake network: prefetch, requeue, drain, timeouts,
+recycling, admission, and the facts it tells the supervisor. (tests/test_routing_model.py
+checks the one-reply invariant over random runs; these name the cases.)"""
+
+from tacore import facts as f
+from tacore.brokering.broker import GONE, Broker
+from tacore.config import BrokerConfig, ServiceConfig
+
+BROKER = BrokerConfig(frontend=("ipc:///f",), backend="ipc:///b", heartbeat_interval=1.0,
+                      heartbeat_liveness=3)
+
+
+class Net:
+    def __init__(self, **service):
+        s = ServiceConfig(**{"name": "svc", "handler": "m:C", "workers": 2, "prefetch": 2,
+                             "request_timeout": 5.0, "queue_timeout": 3.0, **service})
+        self.replies, self.requests, self.gone, self.events = [], {}, set(), []
+        self.broker = Broker(self.to_client, self.to_worker, self.events.append, BROKER,
+                             {"svc": s})
+        self.broker.start(0.0)
+        self.clients = 0
+
+    def to_client(self, frames):
+        self.replies.append((frames[0], frames[4:]))  # [client][""][MDPC01][service][body]
+
+    def to_worker(self, frames):
+        if frames[0] in self.gone:
+            return GONE
+        if frames[3] == b"\x02":  # REQUEST: [id][""][MDPW01][0x02][token][""][body]
+            self.requests.setdefault(frames[0], []).append((frames[4], frames[6:]))
+        return None
+
+    def ours(self, identity, limit=None):
+        self.broker.apply(f.Expect(identity, b"svc", limit), 0.0)
+        return self.worker(identity, b"\x01", b"svc")
+
+    def worker(self, identity, command, *args, now=0.0):
+        self.broker.from_worker([identity, b"", b"MDPW01", command, *args], now)
+        facts, self.broker.facts = self.broker.facts, []
+        return facts
+
+    def request(self, body=b"x", now=0.0):
+        self.clients += 1
+        client = b"c%d" % self.clients
+        self.broker.from_client([client, b"", b"MDPC01", b"svc", body], now)
+        return client
+
+    def reply(self, identity, status=b"200", now=0.0):
+        token, body = self.requests[identity].pop(0)
+        return self.worker(identity, b"\x03", token, b"", status, *body, now=now)
+
+    def tell(self, fact, now=0.0):
+        self.broker.apply(fact, now)
+        facts, self.broker.facts = self.broker.facts, []
+        return facts
+
+
+def test_our_worker_is_ready_and_gets_prefetched_requests_in_order():
+    net = Net()
+    assert net.ours(b"w1") == [f.Ready(b"w1")]
+    a, b = net.request(b"a"), net.request(b"b")
+    assert [body for _, body in net.requests[b"w1"]] == [[b"a"], [b"b"]]  # prefetch 2
+    net.reply(b"w1")
+    assert net.replies == [(a, [b"200", b"a"])]
+    assert net.broker.link(b"w1").inflight[0].client == b
+
+
+def test_waiting_requests_of_a_dead_worker_go_to_another_and_only_the_running_one_fails():
+    net = Net()
+    net.ours(b"w1")
+    running, waiting = net.request(b"run"), net.request(b"wait")
+    net.ours(b"w2")
+    net.tell(f.Gone(b"w1"))  # its process exited
+    assert net.replies == [(running, [b"502", net.replies[0][1][1]])]
+    assert [body for _, body in net.requests[b"w2"]] == [[b"wait"]]
+    net.reply(b"w2")
+    assert net.replies[-1] == (waiting, [b"200", b"wait"])
+
+
+def test_a_retired_worker_finishes_what_it_runs_then_is_drained():
+    net = Net()
+    net.ours(b"w1")
+    net.request()
+    assert net.tell(f.Retire(b"w1")) == []  # still busy
+    net.request()  # a new request waits: the retired worker takes nothing new
+    assert len(net.requests[b"w1"]) == 1 and len(net.broker.routes[b"svc"].queue) == 1
+    assert net.reply(b"w1") == [f.Drained(b"w1")]
+    assert net.tell(f.Retire(b"w9")) == [f.Drained(b"w9")]  # not READY yet: nothing to finish
+
+
+def test_a_retired_worker_that_says_ready_again_is_refused():
+    net = Net()
+    net.ours(b"w1")
+    net.tell(f.Retire(b"w1"))
+    net.worker(b"w1", b"\x05")  # DISCONNECT, then it reconnects
+    assert net.worker(b"w1", b"\x01", b"svc") == []
+    assert b"w1" not in net.broker.workers
+
+
+def test_a_request_past_request_timeout_is_504_and_the_next_one_is_requeued():
+    net = Net()
+    net.ours(b"w1")
+    first, second = net.request(b"1"), net.request(b"2")
+    net.broker.tick(5.5)
+    assert net.replies[0][0] == first and net.replies[0][1][0] == b"504"
+    assert net.broker.facts == [f.TimedOut(b"w1", 5.5)]
+    assert [r.client for r in net.broker.routes[b"svc"].queue] == [second]  # not failed
+
+
+def test_silent_idle_worker_is_reported_and_dropped():
+    net = Net()
+    net.ours(b"w1")
+    for t in (1.0, 2.0, 3.0, 4.0):
+        net.broker.tick(t)
+    assert f.Silent(b"w1", 4.0) in net.broker.facts and b"w1" not in net.broker.workers
+
+
+def test_the_request_limit_is_reported_once():
+    net = Net()
+    net.ours(b"w1", limit=2)
+    net.request()
+    net.request()
+    assert net.reply(b"w1") == []
+    assert net.reply(b"w1") == [f.LimitReached(b"w1", 2)]
+
+
+def test_a_fatal_service_answers_503_at_once_and_a_recovered_one_queues_again():
+    net = Net()
+    net.tell(f.ServiceFatal(b"svc", True))
+    net.request()
+    assert net.replies[-1][1][0] == b"503" and b"service_fatal" in net.replies[-1][1][1]
+    net.tell(f.ServiceFatal(b"svc", False))
+    net.request()
+    assert len(net.broker.routes[b"svc"].queue) == 1
+
+
+def test_an_external_worker_may_not_join_our_service():
+    net = Net()
+    net.worker(b"x1", b"\x01", b"svc")
+    assert b"x1" not in net.broker.workers
+    assert net.events[-1].name == "worker.refused"
+
+
+def test_a_send_to_a_vanished_worker_requeues_the_request():
+    net = Net()
+    net.ours(b"w1")
+    net.ours(b"w2")
+    net.gone.add(b"w1")  # its connection is gone, no one has said so yet
+    client = net.request()
+    assert [body for _, body in net.requests[b"w2"]] == [[b"x"]]
+    assert b"w1" not in net.broker.workers and net.events[-1].name == "worker.lost"
+    net.reply(b"w2")
+    assert net.replies == [(client, [b"200", b"x"])]
