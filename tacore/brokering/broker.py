@@ -46,6 +46,7 @@ from typing import Callable
 from tacore import events as ev
 from tacore import facts as f
 from tacore.brokering import protocol as mdp
+from tacore.brokering.frames import FULL, GONE  # noqa: F401  (what to_worker may say)
 from tacore.brokering.protocol import ClientRequest
 from tacore.brokering.routes import (OTHER_STATUS, Expected, RateLimit, Route, WorkerLink,
                                      admission, status_label)
@@ -54,7 +55,6 @@ from tacore.events import Event
 
 MMI_SERVICE = b"mmi.service"
 COMPLAINTS_PER_SECOND = 20  # log lines about bad peers; more are counted, not logged
-GONE, FULL = "gone", "full"  # what to_worker says when a message could not be sent
 
 
 class Broker:

@@ -44,3 +44,39 @@ def send_frames(sock: zmq.Socket, frames, flags: int = NOBLOCK) -> None:
     for frame in frames[:-1]:
         _send(sock, frame, more)
     _send(sock, frames[-1], flags)
+
+
+GONE, FULL = "gone", "full"  # why a message could not be sent to a worker
+
+
+def drain(sock: zmq.Socket, handle, now: float, keyed: bool = False) -> None:
+    """Hand every message waiting on ``sock`` to ``handle(frames, now[, key])``."""
+    while True:
+        try:
+            if keyed:
+                frames, key = recv_keyed(sock)
+                handle(frames, now, key)
+            else:
+                handle(recv_frames(sock), now)
+        except zmq.Again:
+            return
+
+
+def send_or_drop(sock: zmq.Socket, frames) -> None:
+    """To a client: one that went away or stopped reading loses its reply, nothing is kept."""
+    try:
+        send_frames(sock, frames)
+    except zmq.ZMQError:
+        pass
+
+
+def send_or_say(sock: zmq.Socket, frames) -> str | None:
+    """To a worker: None if sent, FULL if its queue is full, GONE if (ROUTER_MANDATORY) no
+    connection has that identity any more."""
+    try:
+        send_frames(sock, frames)
+    except zmq.Again:
+        return FULL
+    except zmq.ZMQError:
+        return GONE
+    return None

@@ -17,18 +17,18 @@ import signal
 import sys
 import time
 
-import psutil
 import zmq
 
 from tacore import __version__
 from tacore import events as ev
-from tacore.brokering.broker import FULL, GONE, Broker
-from tacore.brokering.frames import recv_frames, recv_keyed, send_frames
+from tacore.brokering.broker import Broker
+from tacore.brokering.frames import drain, send_or_drop, send_or_say
 from tacore import config as configuration
 from tacore.config import Config, kept_as_running, restart_needed
 from tacore.control.commands import assess_health
 from tacore.control.server import ControlServer
-from tacore.daemon import sockets, views
+from tacore.daemon import sampling, sockets, views
+from tacore.daemon.sampling import Sampler
 from tacore.daemon.security import CurveGuard, client_keys
 from tacore.daemon.notify import Notifier
 from tacore.daemon.signals import SignalPipe
@@ -64,11 +64,8 @@ class Daemon:
         state = config.state
         self.store = Store(config.daemon.state_dir / "tacore.db", state.retention_days,
                            state.max_db_mb, enabled=state.enabled)
-        self.me = psutil.Process()
-        self.figures = {"cpu_percent": None, "rss_bytes": None, "loop_lag_seconds": 0.0}
+        self.sampler = Sampler()
         self.loop_lag = 0.0  # the largest lateness since the last sample
-        self.latency_marks: dict = {}  # service -> histogram copy at the last sample
-        self.recent_latency: dict = {}  # service -> quantiles over the last sample interval
         self.notifier = Notifier()  # before the spawner: workers must not inherit NOTIFY_SOCKET
         self.spawner = Spawner([s.handler for s in config.services.values() if s.handler])
         self.spawner_retry: float | None = None  # when to try again to start a lost spawner
@@ -126,15 +123,17 @@ class Daemon:
             self.backend.setsockopt(zmq.HEARTBEAT_TIMEOUT, interval_ms * broker.heartbeat_liveness)
         self.control_sock = self._socket(zmq.ROUTER, [control.endpoint], "control", control,
                                          group=control.group)
-        self.broker = Broker(self._to_client, self._to_worker, self.emit, broker,
-                             self.config.services)
+        self.broker = Broker(lambda frames: send_or_drop(self.frontend, frames),
+                             lambda frames: send_or_say(self.backend, frames), self.emit,
+                             broker, self.config.services)
         self.supervisor = Supervisor(
             self.config, self.emit, self._watch, self._unwatch, spawner=self.spawner,
             worker_curve=client_keys(broker.curve_secret_key) if broker.curve_secret_key else None)
         self.control = ControlServer(self.control_sock, self, self.emit)
-        self._watch(self.frontend, self._on_frontend)
-        self._watch(self.backend, self._on_backend_keyed if broker.curve_secret_key
-                    else self._on_backend)
+        keyed = broker.curve_secret_key is not None  # each READY comes with its CURVE key
+        self._watch(self.frontend, lambda now: drain(self.frontend, self.broker.from_client, now))
+        self._watch(self.backend,
+                    lambda now: drain(self.backend, self.broker.from_worker, now, keyed))
         self._watch(self.control_sock, self.control.on_readable)
         if self.config.http.listen:
             sock = self._socket(zmq.STREAM, [f"tcp://{self.config.http.listen}"], "http")
@@ -196,51 +195,6 @@ class Daemon:
                 now = time.monotonic()
                 handler(now)
                 self._settle(now)
-
-    # --- the broker's sockets: everything received goes to it, what it sends goes out ----
-
-    def _on_frontend(self, now: float) -> None:
-        sock, broker = self.frontend, self.broker
-        while True:
-            try:
-                frames = recv_frames(sock)
-            except zmq.Again:
-                return
-            broker.from_client(frames, now)
-
-    def _on_backend(self, now: float) -> None:
-        sock, broker = self.backend, self.broker
-        while True:
-            try:
-                frames = recv_frames(sock)
-            except zmq.Again:
-                return
-            broker.from_worker(frames, now)
-
-    def _on_backend_keyed(self, now: float) -> None:
-        """The backend under CURVE: each message comes with its sender's public key."""
-        sock, broker = self.backend, self.broker
-        while True:
-            try:
-                frames, key = recv_keyed(sock)
-            except zmq.Again:
-                return
-            broker.from_worker(frames, now, key)
-
-    def _to_client(self, frames: list) -> None:
-        try:
-            send_frames(self.frontend, frames)
-        except zmq.ZMQError:
-            pass  # the client went away or stopped reading: its reply is dropped, nothing kept
-
-    def _to_worker(self, frames: list) -> str | None:
-        try:
-            send_frames(self.backend, frames)
-        except zmq.Again:
-            return FULL  # its queue is full (a worker that stopped reading)
-        except zmq.ZMQError:
-            return GONE  # ROUTER_MANDATORY: no connection with that identity any more
-        return None
 
     # --- the spawner: the process that forks the workers --------------------------------
 
@@ -306,37 +260,11 @@ class Daemon:
         """Every sample_interval: worker and daemon figures, latency over the interval, and a
         row of each into the state database."""
         self.supervisor.sample(now)
-        try:
-            with self.me.oneshot():
-                self.figures = {"cpu_percent": self.me.cpu_percent(None),
-                                "rss_bytes": self.me.memory_info().rss,
-                                "loop_lag_seconds": round(self.loop_lag, 6)}
-        except psutil.Error:
-            pass
+        self.sampler.daemon(self.loop_lag)
         self.loop_lag = 0.0
-        for name in [n for n in self.latency_marks if n not in self.broker.routes]:
-            del self.latency_marks[name]  # a service that is gone
-            self.recent_latency.pop(name.decode(errors="replace"), None)
-        for name, route in self.broker.routes.items():
-            mark = self.latency_marks.get(name)
-            window = route.latency.since(mark) if mark else route.latency
-            self.latency_marks[name] = route.latency.copy()
-            self.recent_latency[name.decode(errors="replace")] = window.summary()
-        self._store_samples(time.time())
-
-    def _store_samples(self, ts: float) -> None:
-        metrics = self.metrics()
-        self.store.add_samples("worker_samples", [
-            (ts, w["service"], w["slot"], w["pid"], w["state"], w["cpu_percent"],
-             w["rss_bytes"], w["threads"], w["fds"], w["requests"])
-            for w in metrics["workers"]])
-        self.store.add_samples("service_samples", [
-            (ts, name, s["requests"], s["errors"], s["queue"], s["ready"],
-             *(s["recent"].get(q) for q in ("p50", "p90", "p99")))
-            for name, s in metrics["services"].items()])
-        d = metrics["daemon"]
-        self.store.add_samples("daemon_samples",
-                               [(ts, d["cpu_percent"], d["rss_bytes"], d["loop_lag_seconds"])])
+        self.sampler.latency(self.broker.routes)
+        for table, rows in sampling.rows(self.metrics(), time.time()).items():
+            self.store.add_samples(table, rows)
 
     def _notify(self, now: float) -> None:
         """systemd: READY once every service is up (or FATAL), a STATUS line, the watchdog."""

@@ -46,7 +46,7 @@ def status(daemon, now: float) -> dict:
                        "uptime": round(now - daemon.started, 3),
                        "started_at": daemon.started_wall, "stopping": daemon.stopping,
                        "frontend": list(daemon.config.broker.frontend),
-                       "persistence": daemon.store.status(), **daemon.figures},
+                       "persistence": daemon.store.status(), **daemon.sampler.figures},
             "services": services}
 
 
@@ -76,7 +76,7 @@ def metrics(daemon, now: float) -> dict:
             "restarts": sum(w["restarts"] for w in entry["workers"]),
             "latency": {"buckets": latency.cumulative() if latency else [],
                         **(latency.summary() if latency else {"count": 0, "sum": 0.0})},
-            "recent": daemon.recent_latency.get(name, {}),
+            "recent": daemon.sampler.recent.get(name, {}),
         }
     workers = [{"service": name, "slot": w["slot"], "pid": w["pid"], "state": w["state"],
                 "requests": w["requests"], "cpu_percent": w["cpu_percent"],
