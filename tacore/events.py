@@ -18,7 +18,7 @@ SPAWNER_EXITED = "spawner.exited"  # the process that forks workers died (they d
 WORKER_SPAWNED = "worker.spawned"
 WORKER_READY = "worker.ready"
 WORKER_START_TIMEOUT = "worker.start_timeout"
-WORKER_UNRESPONSIVE = "worker.heartbeat_timeout"
+WORKER_HEARTBEAT_TIMEOUT = "worker.heartbeat_timeout"
 WORKER_STOPPING = "worker.stopping"
 WORKER_STOPPED = "worker.stopped"
 WORKER_KILLED = "worker.killed"
@@ -44,7 +44,7 @@ AUTH_REFUSED = "auth.refused"
 STATE_NOTICE = "state.notice"
 
 # Events an operator must see even at log_level = "warning".
-WARNING = frozenset({WORKER_START_TIMEOUT, WORKER_UNRESPONSIVE, REQUEST_TIMEOUT, WORKER_KILLED, WORKER_BACKOFF,
+WARNING = frozenset({WORKER_START_TIMEOUT, WORKER_HEARTBEAT_TIMEOUT, REQUEST_TIMEOUT, WORKER_KILLED, WORKER_BACKOFF,
                      PROTOCOL_ERROR, CONTROL_ERROR, AUTH_REFUSED, WORKER_LOST, WORKER_REFUSED,
                      BAD_REPLY})
 ERROR = frozenset({WORKER_FATAL, WORKER_REPLACE_FAILED, DAEMON_RELOAD_FAILED})

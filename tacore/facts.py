@@ -56,7 +56,7 @@ class Drained(NamedTuple):
     identity: bytes
 
 
-class Silent(NamedTuple):
+class HeartbeatTimeout(NamedTuple):
     """An idle worker sent nothing for ``interval × liveness``: it is frozen."""
 
     identity: bytes

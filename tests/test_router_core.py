@@ -112,7 +112,7 @@ def test_silent_idle_worker_is_reported_and_dropped():
     net.ours(b"w1")
     for t in (1.0, 2.0, 3.0, 4.0):
         net.broker.tick(t)
-    assert f.Silent(b"w1", 4.0) in net.broker.facts and b"w1" not in net.broker.workers
+    assert f.HeartbeatTimeout(b"w1", 4.0) in net.broker.facts and b"w1" not in net.broker.workers
 
 
 def test_the_request_limit_is_reported_once():

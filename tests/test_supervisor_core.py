@@ -170,9 +170,9 @@ def test_a_frozen_worker_is_dumped_without_waiting_and_sent_sigcont():
     h.ready()
     w = h.worker()
     h.system.frozen.add(w.pid)
-    h.tell(f.Silent(w.identity, 7.5))
+    h.tell(f.HeartbeatTimeout(w.identity, 7.5))
     h.at(0.5)
-    (event,) = h.named(ev.WORKER_UNRESPONSIVE)
+    (event,) = h.named(ev.WORKER_HEARTBEAT_TIMEOUT)
     assert "stopped" in event.context["stack"] and event.context["silent_for"] == 7.5
     assert h.sent(signal.SIGUSR1) == [] and h.sent(signal.SIGCONT) == [w.pid]
 

@@ -32,9 +32,9 @@ judged by their request deadline and by their process sentinel.
 
 The broker knows nothing of processes. Which identities are the daemon's own workers it learns
 from the supervisor's facts (``Expect``, ``Retire``, ``Gone``, ``ServiceFatal``: see
-tacore/facts.py); what the supervisor must learn (``Ready``, ``Drained``, ``Silent``,
-``TimedOut``, ``LimitReached``) it appends to ``facts``, which the daemon hands over once the
-call into the broker has returned. It owns "busy": a worker is busy while it holds a request.
+tacore/facts.py); what the supervisor must learn (``Ready``, ``Drained``,
+``HeartbeatTimeout``, ``TimedOut``, ``LimitReached``) it appends to ``facts``, which the daemon
+hands over once the call into the broker has returned. It owns "busy": a worker is busy while it holds a request.
 """
 
 from __future__ import annotations
@@ -452,7 +452,7 @@ class Broker:
             if link.external:
                 self.to_worker(mdp.worker_command(link.identity, link.version, mdp.DISCONNECT))
             else:
-                self.facts.append(f.Silent(link.identity, now - link.last_seen))
+                self.facts.append(f.HeartbeatTimeout(link.identity, now - link.last_seen))
         for link in [w for w in self.workers.values() if w.external or not w.inflight]:
             if link.identity in self.workers:
                 self._probe(link, now)

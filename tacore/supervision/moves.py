@@ -76,7 +76,7 @@ class Moves:
             added.append(slot.index)
         retired = []
         for slot in reversed(live[count:]):
-            self._retire_slot(entry, slot, now, "scaled down")
+            self._drain_and_remove(entry, slot, now, "scaled down")
             retired.append(slot.index)
         return {"service": service, "workers": count, "added": added, "retired": retired}
 
@@ -127,7 +127,7 @@ class Moves:
     def _remove_service(self, entry: ServiceSlots, now: float) -> None:
         entry.removing, entry.rolling = True, []
         for slot in list(entry.slots):
-            self._retire_slot(entry, slot, now, "service removed")
+            self._drain_and_remove(entry, slot, now, "service removed")
 
     # --- draining, replacing, retiring --------------------------------------------------------
 
@@ -150,7 +150,7 @@ class Moves:
         if slot.state is not State.STOPPING and slot.worker is not None:
             self._begin_stop(slot, now, slot.drain.reason, failure=False)
 
-    def _retire_slot(self, entry: ServiceSlots, slot: Slot, now: float, reason: str) -> None:
+    def _drain_and_remove(self, entry: ServiceSlots, slot: Slot, now: float, reason: str) -> None:
         if slot in entry.rolling:
             entry.rolling.remove(slot)
         for other in (slot.replaces, slot.replaced_by):

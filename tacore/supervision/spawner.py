@@ -236,8 +236,8 @@ class Spawner:
 def _recv(sock: socket.socket, flags: int = 0) -> tuple[bytes, list[int]]:
     """One datagram and the descriptors it carries (socket.recv_fds ignores ``flags`` before
     Python 3.12)."""
-    data, ancillary, _, _ = sock.recvmsg(MAX_MESSAGE, socket.CMSG_LEN(4 * array.array("i").itemsize),
-                                         flags)
+    room = socket.CMSG_LEN(4 * array.array("i").itemsize)  # up to four descriptors
+    data, ancillary, _, _ = sock.recvmsg(MAX_MESSAGE, room, flags)
     fds = array.array("i")
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:

@@ -92,5 +92,6 @@ class Stopping:
         self.system.kill(w.pid, signal.SIGKILL)
         w.killed = True
         self.emit(Event(ev.WORKER_KILLED, slot.context(
-            reason=w.stop_reason, after=round(now - (w.kill_deadline - slot.service.stop_timeout), 3))))
+            reason=w.stop_reason,
+            after=round(now - (w.kill_deadline - slot.service.stop_timeout), 3))))
 

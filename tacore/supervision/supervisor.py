@@ -140,11 +140,11 @@ class Supervisor(Moves, Stopping):
         if slot.replaces is not None:
             self._take_over(slot, now)
 
-    def _on_silent(self, slot: Slot, fact: f.Silent, now: float) -> None:
+    def _on_heartbeat_timeout(self, slot: Slot, fact: f.HeartbeatTimeout, now: float) -> None:
         """The broker stopped hearing from a READY worker: it is frozen; replace it."""
         if slot.state is State.READY:
             self._begin_stop(slot, now, "heartbeat_timeout", failure=True,
-                             dump_event=ev.WORKER_UNRESPONSIVE,
+                             dump_event=ev.WORKER_HEARTBEAT_TIMEOUT,
                              silent_for=round(fact.silent_for, 3))
 
     def _on_timed_out(self, slot: Slot, fact: f.TimedOut, now: float) -> None:
@@ -164,8 +164,8 @@ class Supervisor(Moves, Stopping):
         if slot.drain is None and slot.state is State.READY:
             self._recycle(slot, now, "max_requests", served=fact.served)
 
-    on_fact = {f.Ready: _on_ready, f.Silent: _on_silent, f.TimedOut: _on_timed_out,
-               f.Drained: _on_drained, f.LimitReached: _on_limit}
+    on_fact = {f.Ready: _on_ready, f.HeartbeatTimeout: _on_heartbeat_timeout,
+               f.TimedOut: _on_timed_out, f.Drained: _on_drained, f.LimitReached: _on_limit}
 
     def service_fatal(self, service: str) -> bool:
         """True when every slot of the service is FATAL: nothing will serve it by itself."""
