@@ -20,68 +20,10 @@ import click
 from tacore import __version__, config as configuration
 from tacore.cli import render
 from tacore.client import AccessDenied as FrontendDenied, CallError, CallTimeout, Client
-from tacore.control.client import (AccessDenied, CommandFailed, ControlClient, Unreachable,
-                                   curve_options)
-from tacore.errors import EX_CONFIG, ConfigError
-
-EXIT_UNHEALTHY = 1
-EXIT_NOT_RUNNING = 3
-EXIT_NO_PERMISSION = 4
-
-
-class Context:
-    def __init__(self, endpoint: str, timeout: float, curve: dict | None,
-                 config_path: str | None, control_given: bool):
-        self.endpoint, self.timeout, self.curve = endpoint, timeout, curve
-        self.config_path, self.control_given = config_path, control_given
-
-    def call(self, command: str, **args):
-        try:
-            return self._client().call(command, **args)
-        except (AccessDenied, Unreachable, CommandFailed) as e:
-            _explain(e, command)
-
-    def frontend(self) -> str:
-        """The daemon's first frontend endpoint, as the daemon reports it; when the control
-        socket is not open to this user (a client in [broker] group, not an operator), as the
-        configuration file (or the default) names it."""
-        try:
-            return self._client().call("ping")["frontend"][0]
-        except AccessDenied as e:
-            if self.control_given:
-                _fail(f"{e}; or name the frontend with --frontend ENDPOINT", EXIT_NO_PERMISSION)
-            return _endpoint_from(self.config_path, configuration.read_frontend_endpoint,
-                                  configuration.default_frontend_endpoint, "--frontend")
-        except (Unreachable, CommandFailed) as e:
-            _explain(e, "ping")
-
-    def _client(self) -> ControlClient:
-        return ControlClient(self.endpoint, self.timeout, self.curve)
-
-
-def _explain(error: Exception, command: str):
-    if isinstance(error, AccessDenied):
-        _fail(str(error), EXIT_NO_PERMISSION)
-    if isinstance(error, Unreachable):
-        _fail(f"tacored is not running or not answering: {error}", EXIT_NOT_RUNNING)
-    _fail(f"{command} failed: {error}", 1)
-
-
-def _fail(message: str, code: int):
-    click.echo(f"tacorectl: {message}", err=True)
-    sys.exit(code)
-
-
-def _endpoint_from(config_path: str | None, read, default, option: str) -> str:
-    """An endpoint as the configuration file names it, or the default without a file."""
-    try:
-        return read(config_path) if config_path else default(configuration.default_runtime_dir())
-    except ConfigError as e:
-        click.echo("\n".join(f"tacorectl: {line}" for line in e.errors), err=True)
-        _fail(f"name the socket with {option} ENDPOINT instead", EX_CONFIG)
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+from tacore.control.client import curve_options
+from tacore.cli.context import (EXIT_NO_PERMISSION, EXIT_NOT_RUNNING, EXIT_UNHEALTHY, Context,
+                                endpoint_from, fail, json_option)
+from tacore.cli.observe import events, metrics, top
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -116,7 +58,7 @@ def main(ctx, config_path, endpoint, timeout, curve_key, curve_server_key):
     """
     control_given = bool(endpoint)
     if not endpoint:
-        endpoint = _endpoint_from(config_path, configuration.read_control_endpoint,
+        endpoint = endpoint_from(config_path, configuration.read_control_endpoint,
                                   configuration.default_control_endpoint, "--control")
     if bool(curve_key) != bool(curve_server_key):
         raise click.UsageError("--curve-key and --curve-server-key go together")
@@ -189,7 +131,7 @@ def call(obj: Context, service, method, params, frontend, call_timeout):
         with Client(endpoint) as client:
             result = client.call(service, method, params, timeout=call_timeout)
     except FrontendDenied as e:
-        _fail(e.message, EXIT_NO_PERMISSION)
+        fail(e.message, EXIT_NO_PERMISSION)
     except CallTimeout as e:
         click.echo(f"tacorectl: {e.message}", err=True)
         sys.exit(EXIT_NOT_RUNNING)
@@ -359,126 +301,6 @@ def shutdown(obj: Context, as_json):
 
 
 
-def parse_duration(text: str) -> float:
-    """'30s', '5m', '1h', '2d' (or plain seconds) -> seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
-    try:
-        value = float(number)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a duration like 30s, 5m, 1h or 2d") from None
-    if value < 0:
-        raise click.BadParameter("a duration cannot be negative")
-    return value * units[unit]
-
-
-@main.command()
-@click.option("--service", "-s", help="Only this service's events.")
-@click.option("--since", default="1h", show_default=True,
-              help="How far back: 30s, 5m, 1h, 2d.")
-@click.option("--follow", "-f", is_flag=True, help="Keep printing new events (Ctrl-C stops).")
-@click.option("--limit", default=1000, show_default=True, type=click.IntRange(min=1))
-@json_option
-@click.pass_obj
-def events(obj: Context, service, since, follow, limit, as_json):
-    """Lifecycle events from the state database, including from before the last restart.
-
-    --json prints one object per line with ts, event, level, service, slot, pid and the
-    event's own fields (a timeout's stack among them).
-
-    \b
-    Examples:
-      tacorectl events --since 2d --service ta
-      tacorectl events -f
-    """
-    query = {"since": time.time() - parse_duration(since), "limit": limit}
-    if service:
-        query["service"] = service
-    last = None
-    while True:
-        batch = obj.call("events", **query)
-        for event in batch:
-            click.echo(json.dumps(event) if as_json else render.event_line(event))
-        if not follow:
-            return
-        if batch:
-            last = batch[-1]
-        if last is not None and last["id"] is not None:
-            query = {**query, "after_id": last["id"], "since": None}
-        elif last is not None:  # persistence degraded: events from memory, without ids
-            query = {**query, "since": last["ts"] + 1e-6}
-        try:
-            time.sleep(0.5)  # polling the daemon: it has nothing to push
-        except KeyboardInterrupt:
-            return
-
-
-@main.command()
-@click.option("--prometheus", is_flag=True, help="The Prometheus text exposition.")
-@json_option
-@click.pass_obj
-def metrics(obj: Context, prometheus, as_json):
-    """Request counts, errors, latency quantiles, queues, and daemon figures.
-
-    \b
-    Examples:
-      tacorectl metrics
-      tacorectl metrics --prometheus
-    """
-    if prometheus:
-        click.echo(obj.call("metrics", format="prometheus"), nl=False)
-        return
-    result = obj.call("metrics")
-    click.echo(json.dumps(result, indent=2) if as_json else render.metrics_table(result))
-
-
-@main.command()
-@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(min=0.1))
-@click.option("--once", is_flag=True, help="Print one screen and exit.")
-@click.pass_obj
-def top(obj: Context, interval, once):
-    """A refreshing view of the workers: state, CPU, memory, requests/s, latency (q quits).
-
-    \b
-    Examples:
-      tacorectl top --interval 2
-      tacorectl top --once > workers.txt
-    """
-    previous = None
-    while True:
-        status, metrics = obj.call("status"), obj.call("metrics")
-        screen = render.top_screen(status, metrics, previous, time.monotonic())
-        previous = (time.monotonic(), status)
-        if once:
-            click.echo(screen)
-            return
-        click.clear()
-        click.echo(screen)
-        click.echo("\n(q or Ctrl-C quits)")
-        if _key_pressed(interval) in ("q", "Q"):
-            return
-
-
-def _key_pressed(timeout: float) -> str | None:
-    """Wait up to ``timeout`` for a key on a terminal (None otherwise)."""
-    import select
-    if not sys.stdin.isatty():
-        time.sleep(timeout)  # the refresh period itself
-        return None
-    import termios
-    import tty
-    fd = sys.stdin.fileno()
-    saved = termios.tcgetattr(fd)
-    try:
-        tty.setcbreak(fd)
-        ready, _, _ = select.select([fd], [], [], timeout)
-        return os.read(fd, 1).decode(errors="replace") if ready else None
-    except KeyboardInterrupt:
-        return "q"
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-
-
 @main.command("log-level")
 @click.argument("level", type=click.Choice(["debug", "info", "warning", "error"]))
 @json_option
@@ -519,3 +341,7 @@ def keygen(directory, name):
 
 if __name__ == "__main__":
     main()
+
+
+for _command in (events, metrics, top):  # (tacore/cli/observe.py)
+    main.add_command(_command)
