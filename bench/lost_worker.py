@@ -25,21 +25,14 @@ from pathlib import Path
 import zmq
 
 from tacore.control.client import ControlClient
+from waiting import until
 
 ROOT = Path(__file__).resolve().parent.parent
 TACORED = str(Path(sys.executable).with_name("tacored"))
 
 
 def wait(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except Exception:
-            pass
-        time.sleep(0.002)
-    raise TimeoutError("condition not reached")
+    return until(predicate, timeout)
 
 
 def main() -> None:

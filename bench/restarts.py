@@ -34,6 +34,7 @@ from pathlib import Path
 import psutil
 
 from tacore.control.client import ControlClient
+from waiting import until
 
 ROOT = Path(__file__).resolve().parent.parent
 TACORED = str(Path(sys.executable).with_name("tacored"))
@@ -44,16 +45,7 @@ HEAL_WAIT = 40.0  # how long case 2 waits for the program to run again
 
 
 def poll(predicate, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            result = predicate()
-        except Exception:
-            result = None
-        if result:
-            return result
-        time.sleep(0.005)
-    return None
+    return until(predicate, timeout, interval=0.005, fail=False)
 
 
 class Supervisord:

@@ -26,6 +26,7 @@ from pathlib import Path
 import psutil
 
 from tacore.control.client import ControlClient
+from waiting import until
 
 TACORED = str(Path(sys.executable).with_name("tacored"))
 
@@ -58,16 +59,7 @@ class Daemon:
 
 
 def wait(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            result = predicate()
-        except Exception:
-            result = None
-        if result:
-            return result
-        time.sleep(0.002)
-    raise TimeoutError("condition not reached")
+    return until(predicate, timeout)
 
 
 def kills(count: int) -> dict:

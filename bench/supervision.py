@@ -21,6 +21,7 @@ from pathlib import Path
 import psutil
 
 from tacore.control.client import ControlClient
+from waiting import until
 
 ROOT = Path(__file__).resolve().parent.parent
 TACORED = str(Path(sys.executable).with_name("tacored"))
@@ -47,16 +48,7 @@ class Daemon:
         return [e for e in map(json.loads, lines) if e.get("event") == name]
 
     def wait(self, predicate, timeout: float = 30.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                result = predicate()
-            except Exception:
-                result = None
-            if result:
-                return result
-            time.sleep(0.002)
-        raise TimeoutError("condition not reached")
+        return until(predicate, timeout)
 
     def workers(self, service: str):
         return self.client.call("status")["services"][service]["workers"]
