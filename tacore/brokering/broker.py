@@ -45,7 +45,7 @@ from tacore.brokering import protocol as mdp
 from tacore.brokering.protocol import ClientRequest
 from tacore.config import ServiceConfig
 from tacore.events import Event
-from tacore.observability.metrics import Histogram
+from tacore.histogram import Histogram
 
 MMI_SERVICE = b"mmi.service"
 COMPLAINTS_PER_SECOND = 20  # log lines about bad peers; more are counted, not logged
