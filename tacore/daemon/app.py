@@ -26,15 +26,14 @@ from tacore.brokering.broker import FULL, GONE, Broker
 from tacore.brokering.frames import recv_frames, recv_keyed, send_frames
 from tacore import config as configuration
 from tacore.config import Config, kept_as_running, restart_needed
-from tacore.control.commands import assess_health
 from tacore.control.server import ControlServer
 from tacore.daemon import sockets, views
 from tacore.daemon.security import CurveGuard, client_keys
 from tacore.daemon.notify import Notifier
 from tacore.daemon.signals import SignalPipe
-from tacore.daemon.views import pool_summary
 from tacore.events import Event
 from tacore.errors import EX_UNAVAILABLE, ConfigError, StartupError
+from tacore.health import assess_health, pool_summary
 from tacore.observability.http import HttpEndpoint
 from tacore.observability.logging import configure_logging, log_event
 from tacore.observability.prometheus import exposition

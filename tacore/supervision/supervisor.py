@@ -21,7 +21,7 @@ from typing import Callable
 
 import psutil
 
-from tacore import events as ev
+from tacore import events as ev, health
 from tacore.config import Config, ServiceConfig
 from tacore.events import Event
 from tacore.runtime.child import DUMP_SIGNAL
@@ -189,8 +189,7 @@ class Supervisor:
     def service_fatal(self, service: str) -> bool:
         """True when every slot of the service is FATAL: nothing will serve it by itself."""
         entry = self.services.get(service)
-        return entry is not None and bool(entry.slots) and all(
-            slot.state is State.FATAL for slot in entry.slots)
+        return entry is not None and health.service_fatal(slot.state.value for slot in entry.slots)
 
     def shutdown(self, now: float) -> None:
         """Drain every worker (up to [daemon] stop_timeout), then stop it; no restarts."""
