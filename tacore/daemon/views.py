@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from tacore import __version__, health
+from tacore.supervision.states import State
 
 NO_FIGURES = {"cpu_percent": None, "rss_bytes": None}
 
@@ -68,7 +69,8 @@ def metrics(daemon, now: float) -> dict:
             "requests": entry["requests"], "by_status": by_status,
             "errors": sum(v for k, v in by_status.items() if k != "200"),
             "queue": entry["queue"], "ready": entry["ready"],
-            "workers_by_state": dict(Counter(w["state"] for w in entry["workers"])),
+            "workers_by_state": {**dict.fromkeys(map(str, State), 0),  # every state, zeros too
+                                 **Counter(w["state"] for w in entry["workers"])},
             "restarts": sum(w["restarts"] for w in entry["workers"]),
             "latency": {"buckets": latency.cumulative() if latency else [],
                         **(latency.summary() if latency else {"count": 0, "sum": 0.0})},
