@@ -28,10 +28,9 @@ from tacore.brokering.frames import recv_frames, send_frames
 from tacore.errors import BadRequest
 from tacore.observability.logging import configure_logging
 from tacore.runtime.loader import load_handler
-from tacore.runtime.spec import EXIT_START_FAILED, WorkerSpec
+from tacore.runtime.spec import DUMP_SIGNAL, EXIT_START_FAILED, WorkerSpec
 
 PR_SET_PDEATHSIG = 1
-DUMP_SIGNAL = signal.SIGUSR1
 
 
 class _Stop(BaseException):

@@ -24,8 +24,7 @@ import psutil
 from tacore import events as ev, health
 from tacore.config import Config, ServiceConfig
 from tacore.events import Event
-from tacore.runtime.child import DUMP_SIGNAL
-from tacore.runtime.spec import EXIT_START_FAILED
+from tacore.runtime.spec import DUMP_SIGNAL, EXIT_START_FAILED
 from tacore.supervision import spawner
 from tacore.supervision.policy import CRASH
 from tacore.supervision.slot import Drain, ServiceSlots, Slot
