@@ -38,6 +38,7 @@ from tacore.observability.http import HttpEndpoint
 from tacore.observability.logging import configure_logging, log_event
 from tacore.observability.prometheus import exposition
 from tacore.persistence.store import Store
+from tacore.runtime.loader import load_handler
 from tacore.supervision.spawner import Spawner
 from tacore.supervision.supervisor import Supervisor
 
@@ -385,7 +386,7 @@ class Daemon:
         """Re-read and validate the file; keep running on the old one if it is invalid."""
         self.notifier.reloading()
         try:
-            config = configuration.load(self.config.path)
+            config = configuration.load(self.config.path, load_handler=load_handler)
         except ConfigError as e:
             self.notifier.ready(self.notifier.status or "running")
             self.emit(Event(ev.DAEMON_RELOAD_FAILED, {"config": str(self.config.path),
