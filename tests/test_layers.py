@@ -27,7 +27,7 @@ MAY_IMPORT = {
     "tacore.cli": PARTS | {"tacore.runtime", "tacore.control", "tacore.client", "tacore.daemon"},
 }
 # Allowed only inside a function, so importing the module does not import the other one:
-# the spawner's forked child becomes a worker there.
+# the spawner process imports the workers' code, the daemon does not.
 LAZY = {("tacore.supervision.spawner", "tacore.runtime.child")}
 
 
