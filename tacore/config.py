@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import grp
 import ipaddress
+import json
 import math
 import os
 import re
@@ -22,122 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import zmq.auth
-
 from tacore.errors import ConfigError
-from tacore.runtime.loader import load_handler
 
 # The longest path a Unix socket address can hold on Linux (sun_path is 108 bytes with its NUL).
 MAX_IPC_PATH = 107
 SERVICE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
-
-
-@dataclass(frozen=True)
-class ServiceConfig:
-    name: str
-    handler: str | None = None  # required when workers > 0
-    workers: int = 1
-    start_timeout: float = 30.0
-    request_timeout: float = 30.0
-    stop_timeout: float = 10.0
-    max_restarts: int = 5
-    restart_window: float = 60.0
-    min_uptime: float = 10.0  # READY at least this long: its death is a crash, not a start failure
-    fatal_retry: float = 300.0  # a FATAL slot is tried again after this long (0: never)
-    min_ready: int = 1
-    backoff_initial: float = 0.1
-    backoff_max: float = 30.0
-    queue_limit: int = 100
-    queue_timeout: float = 10.0
-    retry_on_failure: bool = False
-    prefetch: int = 4
-    max_requests: int = 0
-    max_requests_jitter: int = 0
-    max_memory_mb: int = 0
-    external: bool | None = None  # may external workers join? None: only if workers == 0
-    external_keys: tuple[str, ...] = ()  # CURVE keys (z85) that may serve it; (): any
-    config: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.external is None:
-            object.__setattr__(self, "external", self.workers == 0)
-
-
-@dataclass(frozen=True)
-class DaemonConfig:
-    runtime_dir: Path
-    state_dir: Path
-    log_level: str = "info"
-    log_format: str = "auto"
-    python_path: tuple[str, ...] = ()
-    stop_timeout: float = 30.0
-
-
-@dataclass(frozen=True)
-class BrokerConfig:
-    frontend: tuple[str, ...]
-    backend: str
-    heartbeat_interval: float = 2.5
-    heartbeat_liveness: int = 3
-    max_message_size: int = 16 * 2**20
-    curve_secret_key: str | None = None
-    curve_authorized_keys: str | None = None
-    external_services: bool = True  # may external workers register unconfigured services?
-    max_external_services: int = 64  # at most this many at a time (bounds metric labels)
-    group: str | None = None  # may connect to the frontend's ipc sockets
-
-
-@dataclass(frozen=True)
-class ControlConfig:
-    endpoint: str
-    curve_secret_key: str | None = None
-    curve_authorized_keys: str | None = None
-    group: str | None = None
-
-
-@dataclass(frozen=True)
-class StateConfig:
-    enabled: bool = True
-    sample_interval: float = 5.0
-    retention_days: float = 14.0
-    max_db_mb: float = 100.0
-
-
-@dataclass(frozen=True)
-class HttpConfig:
-    listen: str | None = None  # "127.0.0.1:9464"; off when None
-
-
-@dataclass(frozen=True)
-class Config:
-    path: Path
-    daemon: DaemonConfig
-    broker: BrokerConfig
-    control: ControlConfig
-    state: StateConfig
-    http: HttpConfig
-    services: dict[str, ServiceConfig]
-
-    def as_dict(self) -> dict:
-        """The effective configuration, as plain data (for ``tacored --check``)."""
-        return {
-            "path": str(self.path),
-            "daemon": _plain(self.daemon),
-            "broker": _plain(self.broker),
-            "control": _plain(self.control),
-            "state": _plain(self.state),
-            "http": _plain(self.http),
-            "services": {name: _plain(s) for name, s in self.services.items()},
-        }
-
-
-def _plain(obj) -> dict:
-    data = dataclasses.asdict(obj)
-    data.pop("name", None)
-    return {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
-            for k, v in data.items()}
 
 
 # --- value checkers: each returns the clean value or raises _Invalid(problem, fix) ---------
@@ -205,7 +97,7 @@ def string(value):
     return value
 
 
-def group(value):
+def existing_group(value):
     """A group name that exists on this machine."""
     try:
         grp.getgrnam(string(value))
@@ -221,7 +113,7 @@ def string_list(value):
     return tuple(value)
 
 
-def endpoint(value):
+def zmq_endpoint(value):
     """A ZeroMQ endpoint tacore may bind: ipc:// with an absolute path, or tcp://HOST:PORT
     (a host that is not loopback needs CURVE, checked per section)."""
     value = string(value)
@@ -254,6 +146,8 @@ def is_loopback(endpoint: str) -> bool:
 
 def secret_key_file(value):
     """A zmq.auth secret key file (``tacorectl keygen`` writes NAME.key_secret)."""
+    import zmq.auth  # here, not above: every part imports config, not all of them ZeroMQ
+
     path = Path(string(value)).expanduser()
     try:
         public, secret = zmq.auth.load_certificate(path)
@@ -270,6 +164,8 @@ def public_key_list(value):
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise _Invalid(f"must be a list of public key files, got {value!r}",
                        'write e.g. ["/etc/tacore/keys/node1.key"]')
+    import zmq.auth  # (as in secret_key_file)
+
     keys = []
     for item in value:
         path = Path(item).expanduser()
@@ -307,10 +203,10 @@ def endpoint_list(value):
     if not isinstance(value, list) or not value:
         raise _Invalid(f"must be a non-empty list of endpoints, got {value!r}",
                        'write e.g. ["ipc:///run/tacore/frontend.sock"]')
-    return tuple(endpoint(v) for v in value)
+    return tuple(zmq_endpoint(v) for v in value)
 
 
-def handler(value):
+def handler_path(value):
     """A "module:callable" path; importing it is checked later, once sys.path is final."""
     value = string(value)
     module, _, attr = value.partition(":")
@@ -326,32 +222,272 @@ def table(value):
     return value
 
 
-# --- the schema: section -> key -> checker; defaults come from the dataclasses ---------------
+# --- the schema: every key once, as a field of the dataclass its section is read into ----
+#
+# A field's default is the key's default; its Key says how a value is checked, whether a
+# running daemon can apply a change, and what the README's configuration reference says
+# (that table is generated from here: python -m tacore.config --markdown).
 
-DAEMON_KEYS = {"runtime_dir": string, "state_dir": string, "log_level": _choice(LOG_LEVELS),
-               "log_format": _choice(LOG_FORMATS), "python_path": string_list,
-               "stop_timeout": duration}
-CURVE_KEYS = {"curve_secret_key": secret_key_file, "curve_authorized_keys": key_directory}
-BROKER_KEYS = {"frontend": endpoint_list, "backend": endpoint, "heartbeat_interval": duration,
-               "heartbeat_liveness": _integer(1), "max_message_size": _integer(1024),
-               "external_services": boolean, "max_external_services": _integer(0),
-               "group": group, **CURVE_KEYS}
-CONTROL_KEYS = {"endpoint": endpoint, "group": group, **CURVE_KEYS}
-STATE_KEYS = {"enabled": boolean, "sample_interval": duration, "retention_days": duration,
-              "max_db_mb": duration}
-HTTP_KEYS = {"listen": http_listen}
-SERVICE_KEYS = {"handler": handler, "workers": _integer(0), "start_timeout": duration,
-                "request_timeout": duration, "stop_timeout": duration,
-                "max_restarts": _integer(0), "restart_window": duration,
-                "min_uptime": seconds_or_zero, "fatal_retry": seconds_or_zero,
-                "min_ready": _integer(0), "backoff_initial": duration,
-                "backoff_max": duration, "queue_limit": _integer(0), "queue_timeout": duration,
-                "retry_on_failure": boolean, "prefetch": _integer(1), "max_requests": _integer(0),
-                "max_requests_jitter": _integer(0), "max_memory_mb": _integer(0),
-                "external": boolean, "external_keys": public_key_list, "config": table}
-SECTIONS = ("daemon", "broker", "control", "state", "http", "services")
-TABLES = {"daemon": DAEMON_KEYS, "broker": BROKER_KEYS, "control": CONTROL_KEYS,
-          "state": STATE_KEYS, "http": HTTP_KEYS}
+COMPUTED = dataclasses.MISSING  # no fixed default: load() derives it (environment, runtime_dir)
+
+
+@dataclass(frozen=True)
+class Key:
+    """What a configuration key is besides its name, type and default."""
+
+    check: Callable  # the clean value, or raises _Invalid(problem, fix)
+    doc: str  # its meaning, one line of the reference table
+    restart: bool = False  # bound at start (a socket, a directory): a reload cannot apply it
+    shown: str | None = None  # the default as documented, when it is not a plain value
+    note: str | None = None  # said after the default, e.g. "off"
+
+
+def key(default, check: Callable, doc: str, *, restart: bool = False, shown: str | None = None,
+        note: str | None = None):
+    """A dataclass field that is a configuration key."""
+    metadata = {"key": Key(check, doc, restart, shown, note)}
+    if isinstance(default, dict):  # mutable: every object gets its own
+        return field(default_factory=lambda: dict(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    runtime_dir: Path = key(
+        COMPUTED, string,
+        "socket files and the pid lock; created 0700 (opened by `[broker] group` and "
+        "`[control] group`, below), refused (78) if writable by others or owned by another user",
+        restart=True,
+        shown="`$RUNTIME_DIRECTORY`, else `$XDG_RUNTIME_DIR/tacore`, else `/tmp/tacore-<uid>`")
+    state_dir: Path = key(COMPUTED, string, "persistent state", restart=True,
+                          shown="`$STATE_DIRECTORY`, else `~/.local/state/tacore`")
+    log_level: str = key("info", _choice(LOG_LEVELS), "`debug`, `info`, `warning`, `error`")
+    log_format: str = key(
+        "auto", _choice(LOG_FORMATS),
+        "`json` (one JSON object per line), `console`, or `auto`: JSON unless stderr is a "
+        "terminal", restart=True)
+    python_path: tuple[str, ...] = key(
+        (), string_list, "directories prepended to `sys.path` before handlers are imported")
+    stop_timeout: float = key(
+        30.0, duration,
+        "on shutdown, how long running requests may take to finish before their workers are "
+        "stopped")
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    frontend: tuple[str, ...] = key(COMPUTED, endpoint_list, "endpoints clients connect to",
+                                    restart=True, shown='`["ipc://<runtime_dir>/frontend.sock"]`')
+    backend: str = key(COMPUTED, zmq_endpoint, "endpoint workers connect to", restart=True,
+                       shown='`"ipc://<runtime_dir>/backend.sock"`')
+    heartbeat_interval: float = key(
+        2.5, duration,
+        "seconds between heartbeats to and from idle workers, and to busy external workers (the "
+        "Majordomo reference value); a busy external worker whose connection is gone is found "
+        "at the next one, so its client gets `\"502\"` within one interval")
+    heartbeat_liveness: int = key(
+        3, _integer(1),
+        "a READY worker silent for `interval × liveness` is frozen: its stack is dumped, it is "
+        "killed and replaced")
+    group: str | None = key(
+        None, existing_group,
+        "a group whose members may connect to the frontend's ipc sockets: each becomes 0660, "
+        "owned by that group, and `runtime_dir` 0750 with that group (0711 if `[control] group` "
+        "names another: passable, not listable); the backend socket stays 0600. The daemon's "
+        "user must be in the group (under systemd the unit's `Group=`). `make install` sets "
+        "`\"tacore-clients\"`", restart=True)
+    max_message_size: int = key(
+        16 * 2**20, _integer(1024),
+        "bytes; a peer sending a larger message is disconnected by the socket (no reply is "
+        "possible)", restart=True)
+    external_services: bool = key(
+        True, boolean,
+        "whether external workers may register services that are not configured (each such "
+        "service uses the `[services.NAME]` defaults below, with `workers = 0`); `false` "
+        "refuses them with DISCONNECT")
+    max_external_services: int = key(
+        64, _integer(0),
+        "at most this many services that are not configured at a time; more are refused (this "
+        "bounds the metric label sets)")
+    curve_secret_key: str | None = key(
+        None, secret_key_file,
+        "CURVE for the backend: the daemon's `NAME.key_secret` file (`tacorectl keygen`); with "
+        "`curve_authorized_keys`, required for a backend reachable from other hosts",
+        restart=True)
+    curve_authorized_keys: str | None = key(
+        None, key_directory,
+        "the directory of the public `*.key` files of the workers allowed on a CURVE backend; "
+        "set together with `curve_secret_key`", restart=True)
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    endpoint: str = key(COMPUTED, zmq_endpoint,
+                        "the control socket `tacorectl` uses; file mode 0600", restart=True,
+                        shown='`"ipc://<runtime_dir>/control.sock"`')
+    group: str | None = key(
+        None, existing_group,
+        "a group whose members may use the control socket: `control.sock` becomes 0660, owned "
+        "by that group, and `runtime_dir` 0750 with that group (0711 if `[broker] group` names "
+        "another)", restart=True)
+    curve_secret_key: str | None = key(
+        None, secret_key_file,
+        "CURVE for a tcp control endpoint, as for the backend: the daemon's `NAME.key_secret` "
+        "file; with `curve_authorized_keys`, required if it is reachable from other hosts",
+        restart=True)
+    curve_authorized_keys: str | None = key(
+        None, key_directory,
+        "the directory of the public `*.key` files of the operators allowed on a CURVE control "
+        "endpoint; set together with `curve_secret_key`", restart=True)
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    enabled: bool = key(True, boolean,
+                        "keep events and samples in `state_dir/tacore.db` (SQLite)", restart=True)
+    sample_interval: float = key(
+        5.0, duration,
+        "seconds between samples of each worker's CPU, memory, threads and descriptors "
+        "(psutil), of each service's figures and of the daemon's own; each sample is a row in "
+        "the database")
+    retention_days: float = key(14.0, duration,
+                                "older events and samples are deleted (checked hourly)")
+    max_db_mb: float = key(100.0, duration,
+                           "above this, the oldest samples (then events) are deleted first")
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen: str | None = key(
+        None, http_listen,
+        "`HOST:PORT` on loopback for `/metrics`, `/healthz` and `/status` (no authentication, "
+        "so loopback only)", restart=True, note="off")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    handler: str | None = key(None, handler_path,
+                              '`"module:callable"` returning the service object',
+                              shown="required if `workers > 0`")
+    workers: int = key(
+        1, _integer(0),
+        "worker processes (slots numbered from 0); `0`: a service only external workers serve, "
+        "with the settings of this section")
+    external: bool | None = key(  # None: resolved to workers == 0 by __post_init__
+        None, boolean,
+        "whether external workers (ones tacore did not fork) may register this service; a "
+        "refused one gets DISCONNECT and a `worker.refused` log line (rate-limited)",
+        shown="`false` (`true` if `workers = 0`)")
+    external_keys: tuple[str, ...] = key(  # z85 public keys
+        (), public_key_list,
+        "with CURVE on the backend: the public key files (`NAME.key`) whose holders may serve "
+        "this service as external workers; other authorized keys are refused for it",
+        note="any authorized key")
+    start_timeout: float = key(30.0, duration, "READY must arrive this long after the fork")
+    request_timeout: float = key(
+        30.0, duration,
+        "longest a request may run: then `\"504\"`, the worker's stack is logged "
+        "(`request.timeout`) and the worker replaced")
+    queue_limit: int = key(
+        100, _integer(0),
+        "requests that may wait for a free worker; beyond it `\"503\"` at once")
+    queue_timeout: float = key(
+        10.0, duration,
+        "longest a request waits for a free worker before `\"503\"`; also how long a service "
+        "whose last external worker left keeps its queue, so a worker that reconnects takes "
+        "what waits")
+    retry_on_failure: bool = key(
+        False, boolean,
+        "when the worker dies mid-request, give the request once to another worker instead of "
+        "answering `\"502\"` (only for idempotent methods)")
+    stop_timeout: float = key(10.0, duration, "SIGTERM, then SIGKILL after this long")
+    max_restarts: int = key(
+        5, _integer(0),
+        "more start failures than this within `restart_window`: FATAL (see the restart policy)")
+    min_uptime: float = key(
+        10.0, seconds_or_zero,
+        "a worker that dies after being READY this long crashed (replaced after "
+        "`backoff_initial`, never FATAL by itself); one that dies sooner failed to start")
+    fatal_retry: float = key(
+        300.0, seconds_or_zero,
+        "a FATAL slot is tried again after this long; `0`: never (only `tacorectl start`)")
+    restart_window: float = key(60.0, duration, "seconds over which failures are counted")
+    min_ready: int = key(1, _integer(0), "READY or BUSY workers needed to be healthy",
+                         note="`0` if `workers = 0`")
+    backoff_initial: float = key(
+        0.1, duration,
+        "delay before the first restart, and after every crash; doubles per start failure in "
+        "the window")
+    backoff_max: float = key(30.0, duration, "longest restart delay")
+    prefetch: int = key(
+        4, _integer(1),
+        "requests one of tacore's own workers may hold: it runs one and the next ones wait in "
+        "it, so it never idles between requests (external workers always hold one). A waiting "
+        "request has not started: its `request_timeout` starts when it does, and if its worker "
+        "dies it goes to another worker instead of failing. `1` for services whose requests "
+        "take long or vary a lot (a request may wait behind a slow one)")
+    max_requests: int = key(
+        0, _integer(0),
+        "replace a worker (rolling, no capacity lost) after it served this many requests",
+        note="off")
+    max_requests_jitter: int = key(
+        0, _integer(0),
+        "add 0..N to each worker's `max_requests`, so workers are not all replaced at once")
+    max_memory_mb: int = key(
+        0, _integer(0),
+        "replace a worker whose RSS (sampled every `sample_interval`) exceeds this", note="off")
+    config: dict = key({}, table, "passed to the service's `start(config)`")  # a table
+
+    def __post_init__(self):
+        if self.external is None:
+            object.__setattr__(self, "external", self.workers == 0)
+
+
+def keys_of(section: type) -> dict[str, Key]:
+    """The configuration keys of a section's dataclass, in their documented order."""
+    return {f.name: f.metadata["key"] for f in dataclasses.fields(section) if "key" in f.metadata}
+
+
+# Each table of the file, and the dataclass it is read into.
+TABLES = {"daemon": DaemonConfig, "broker": BrokerConfig, "control": ControlConfig,
+          "state": StateConfig, "http": HttpConfig}
+SERVICE_KEYS = keys_of(ServiceConfig)
+SECTIONS = (*TABLES, "services")
+# Settings a running daemon cannot change: its sockets and directories are bound and made.
+NEEDS_RESTART = {section: tuple(name for name, k in keys_of(cls).items() if k.restart)
+                 for section, cls in TABLES.items()}
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    daemon: DaemonConfig
+    broker: BrokerConfig
+    control: ControlConfig
+    state: StateConfig
+    http: HttpConfig
+    services: dict[str, ServiceConfig]
+
+    def as_dict(self) -> dict:
+        """The effective configuration, as plain data (for ``tacored --check``)."""
+        return {
+            "path": str(self.path),
+            "daemon": _plain(self.daemon),
+            "broker": _plain(self.broker),
+            "control": _plain(self.control),
+            "state": _plain(self.state),
+            "http": _plain(self.http),
+            "services": {name: _plain(s) for name, s in self.services.items()},
+        }
+
+
+def _plain(obj) -> dict:
+    data = dataclasses.asdict(obj)
+    data.pop("name", None)
+    return {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+            for k, v in data.items()}
+
 
 
 def _suggest(word: str, choices) -> str:
@@ -369,7 +505,7 @@ class _Report:
         where = f"[{section}]" + (f" {key}" if key else "")
         self.lines.append(f"{self.path}: {where}: {problem}" + (f"; {fix}" if fix else ""))
 
-    def check_table(self, section: str, data: dict, keys: dict) -> dict:
+    def check_table(self, section: str, data: dict, keys: dict[str, Key]) -> dict:
         """Validate one table against its schema; returns the clean values that passed."""
         clean = {}
         for key, value in data.items():
@@ -378,7 +514,7 @@ class _Report:
                 self.add(section, key, "unknown key", hint)
                 continue
             try:
-                clean[key] = keys[key](value)
+                clean[key] = keys[key].check(value)
             except _Invalid as bad:
                 self.add(section, key, bad.problem, bad.fix)
         return clean
@@ -422,8 +558,14 @@ def read_toml(path: Path) -> dict:
         raise ConfigError([f"{path}: TOML syntax error: {e}; fix the file's syntax"]) from None
 
 
-def load(path, env=os.environ, import_handlers: bool = True) -> Config:
-    """Read, validate and resolve a configuration file; raise ConfigError listing every problem."""
+def load(path, env=os.environ, load_handler: Callable[[str], Callable] | None = None) -> Config:
+    """Read, validate and resolve a configuration file; raise ConfigError listing every problem.
+
+    With ``load_handler`` (``tacore.runtime.loader.load_handler``), every service's handler is
+    imported too, so a typo is found before anything starts. It is passed in rather than
+    imported here: importing a handler runs the operator's code, and this module is a leaf
+    that every part of tacore may import.
+    """
     path = Path(path).absolute()
     data = read_toml(path)
     report = _Report(path)
@@ -432,12 +574,12 @@ def load(path, env=os.environ, import_handlers: bool = True) -> Config:
             report.add(section, None, "unknown section",
                        _suggest(section, SECTIONS) or f"known sections: {', '.join(SECTIONS)}")
     tables = {}
-    for section, keys in TABLES.items():
+    for section, cls in TABLES.items():
         raw = data.get(section, {})
         if not isinstance(raw, dict):
             report.add(section, None, "must be a table", f"write [{section}]")
             raw = {}
-        tables[section] = report.check_table(section, raw, keys)
+        tables[section] = report.check_table(section, raw, keys_of(cls))
 
     daemon = _daemon(path, tables["daemon"], env)
     runtime = daemon.runtime_dir
@@ -449,10 +591,10 @@ def load(path, env=os.environ, import_handlers: bool = True) -> Config:
     _check_exposure(report, broker, control)
     daemon_ok = not any(line.startswith(f"{path}: [daemon] python_path") for line in report.lines)
     services = _services(report, data.get("services", {}), broker)
-    if import_handlers and daemon_ok:  # every handler is tried, so one pass finds every problem
+    if load_handler is not None and daemon_ok:  # every handler is tried: one pass finds all
         _extend_sys_path(daemon.python_path)
         for service in services.values():
-            _check_import(report, service)
+            _check_import(report, service, load_handler)
     if report.lines:
         raise ConfigError(report.lines)
     return Config(path, daemon, broker, control, StateConfig(**tables["state"]),
@@ -477,7 +619,7 @@ def _check_default_endpoints(report, tables, broker, control):
                                 ("control", "endpoint", control.endpoint)):
         if key not in tables[section]:
             try:
-                endpoint(value)
+                zmq_endpoint(value)
             except _Invalid as bad:
                 report.add("daemon", "runtime_dir", f"default {section}.{key}: {bad.problem}",
                            bad.fix)
@@ -560,7 +702,7 @@ def _extend_sys_path(paths):
             sys.path.insert(0, p)
 
 
-def _check_import(report: _Report, service: ServiceConfig):
+def _check_import(report: _Report, service: ServiceConfig, load_handler: Callable):
     if service.handler is None:
         return
     try:
@@ -640,14 +782,6 @@ def _read_sections(path: Path, wanted, error: ConfigError) -> dict:
     return data
 
 
-# Settings a running daemon cannot change: its sockets and directories are bound and made.
-NEEDS_RESTART = {"daemon": ("runtime_dir", "state_dir", "log_format"),
-                 "state": ("enabled",), "http": ("listen",),
-                 "broker": ("frontend", "backend", "max_message_size", "curve_secret_key",
-                            "curve_authorized_keys", "group"),
-                 "control": ("endpoint", "group", "curve_secret_key", "curve_authorized_keys")}
-
-
 def restart_needed(running: Config, new: Config) -> list[str]:
     """What a reload cannot apply, one line each, e.g. "[broker] frontend: restart tacored"."""
     return [f"[{section}] {key} changed: restart tacored to apply it"
@@ -661,3 +795,53 @@ def kept_as_running(running: Config, new: Config) -> Config:
         getattr(new, section), **{key: getattr(getattr(running, section), key) for key in keys})
         for section, keys in NEEDS_RESTART.items()}
     return dataclasses.replace(new, **changes)
+
+
+# --- the README's configuration reference, generated from the schema -------------------------
+
+def reference_table() -> str:
+    """The table of README.md's "Configuration reference": one row per key, in schema order."""
+    rows = ["| section / key | default | on reload | meaning |", "| --- | --- | --- | --- |"]
+    for section, cls in (*TABLES.items(), ("services.NAME", ServiceConfig)):
+        for f in dataclasses.fields(cls):
+            k = f.metadata.get("key")
+            if k is None:
+                continue  # not read from the file (a service's name is its table's)
+            name = f"[{section}.{f.name}]" if k.check is table else f"[{section}] {f.name}"
+            rows.append(f"| `{name}` | {_documented_default(f, k)} | "
+                        f"{'restart' if k.restart else 'applied'} | {k.doc} |")
+    return "\n".join(rows) + "\n"
+
+
+def _documented_default(f: dataclasses.Field, k: Key) -> str:
+    if k.shown is not None:
+        return k.shown
+    if f.default is COMPUTED and f.default_factory is dataclasses.MISSING:
+        raise ValueError(f"{f.name}: a computed default needs shown=, how it is computed")
+    value = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+    text = "none" if value is None else f"`{_as_toml(value)}`"
+    return text + (f" ({k.note})" if k.note else "")
+
+
+def _as_toml(value) -> str:
+    """A default as it would be written in the file: 30 for 30.0, true, "info", []."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tacore.config --markdown`` prints the reference table for README.md."""
+    if (sys.argv[1:] if argv is None else argv) != ["--markdown"]:
+        print("usage: python -m tacore.config --markdown", file=sys.stderr)
+        return 2
+    print(reference_table(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,6 +15,7 @@ import os
 import sys
 import time
 
+import tacore.runtime.child  # noqa: F401  (the workers' code, which the spawner imports)
 import tacore.services.echo  # noqa: F401  (a handler the daemon imports while validating)
 from tacore.cli import tacorectl, tacored
 from tacore.client import CallError, Client

@@ -1,13 +1,17 @@
 """Strict configuration: every problem names the file, the section, the key and the fix."""
 
+import dataclasses
+import itertools
 import json
 import os
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from tacore import config
 from tacore.errors import ConfigError
+from tacore.runtime.loader import load_handler
 from tests.conftest import ROOT, run_tacored
 
 GOOD_SERVICE = '[services.echo]\nhandler = "tacore.services.echo:Echo"\n'
@@ -16,7 +20,7 @@ GOOD_SERVICE = '[services.echo]\nhandler = "tacore.services.echo:Echo"\n'
 def load_text(tmp_path: Path, text: str, **kw):
     path = tmp_path / "t.toml"
     path.write_text(text)
-    return config.load(path, env={}, **kw)
+    return config.load(path, env={}, load_handler=load_handler, **kw)
 
 
 def errors_of(tmp_path, text) -> list[str]:
@@ -48,7 +52,7 @@ def test_runtime_dir_fallbacks():
 
 def test_shipped_config_is_valid():
     """etc/tacore.toml validates, importing its handlers."""
-    c = config.load(ROOT / "etc" / "tacore.toml", env={})
+    c = config.load(ROOT / "etc" / "tacore.toml", env={}, load_handler=load_handler)
     assert set(c.services) == {"echo", "ta"}
 
 
@@ -197,3 +201,76 @@ def test_real_daemon_refuses_each_bad_config(tmp_path, text, expected):
     assert result.returncode == 78, result.stderr
     assert expected in result.stderr
     assert not (tmp_path / "run").exists() and not (tmp_path / "state").exists()
+
+
+def reference_rows(readme: str) -> list[str]:
+    """The table under "## Configuration reference" in README.md."""
+    lines = readme.split("\n## Configuration reference\n", 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    return list(itertools.takewhile(lambda line: line.startswith("|"), lines[start:]))
+
+
+def defaults_by_key(rows: list[str]) -> dict[str, str]:
+    return {row.split(" | ")[0].strip("| `"): row.split(" | ")[1] for row in rows[2:]}
+
+
+def test_readme_reference_is_the_schema():
+    """Every key has a row with its default, every row names a key, and the table is the one
+    the schema generates."""
+    documented = reference_rows((ROOT / "README.md").read_text())
+    generated = config.reference_table().splitlines()
+    fix = "regenerate README.md's table with: python -m tacore.config --markdown"
+    rows, keys = defaults_by_key(documented), defaults_by_key(generated)
+    assert sorted(rows.keys() - keys.keys()) == [], f"rows naming no key; {fix}"
+    assert sorted(keys.keys() - rows.keys()) == [], f"keys without a row; {fix}"
+    assert rows == keys, f"defaults differ; {fix}"
+    assert documented == generated, fix
+
+
+def test_example_file_shows_every_key():
+    """etc/tacore.toml has a line for every key (a service's under [services.echo]); a
+    commented-out one shows the default, wherever the default is a plain value."""
+    sections, current = {}, None
+    for line in (ROOT / "etc" / "tacore.toml").read_text().splitlines():
+        text = line.lstrip("# ")
+        if text.startswith("["):
+            current = sections.setdefault(text.split("]")[0] + "]", {})
+            continue
+        try:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError:
+            continue  # prose
+        if values:
+            current.update({k: (v, line.startswith("#")) for k, v in values.items()})
+    for section, cls in [*config.TABLES.items(), ("services.echo", config.ServiceConfig)]:
+        for name, key in config.keys_of(cls).items():
+            if key.check is config.table:
+                assert f"[{section}.{name}]" in sections, f"[{section}.{name}]"
+                continue
+            assert name in sections[f"[{section}]"], f"[{section}] {name}"
+            value, commented = sections[f"[{section}]"][name]
+            default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+            if commented and key.shown is None and default is not None:
+                assert key.check(value) == default, f"[{section}] {name} = {value!r}"
+
+
+def test_reload_keeps_what_needs_a_restart(tmp_path):
+    """A changed endpoint is reported and kept as it runs; the log level, a heartbeat setting
+    and a service's workers are applied."""
+    running = load_text(tmp_path, GOOD_SERVICE)
+    new = load_text(tmp_path, '[daemon]\nlog_level = "debug"\n'
+                              '[broker]\nheartbeat_liveness = 5\nfrontend = ["ipc:///x/f.sock"]\n'
+                              + GOOD_SERVICE + "workers = 3\n")
+    assert config.restart_needed(running, new) == [
+        "[broker] frontend changed: restart tacored to apply it"]
+    kept = config.kept_as_running(running, new)
+    assert kept.broker.frontend == running.broker.frontend
+    assert (kept.daemon.log_level, kept.broker.heartbeat_liveness) == ("debug", 5)
+    assert kept.services["echo"].workers == 3
+
+
+def test_handlers_are_imported_only_when_asked(tmp_path):
+    """Without a load_handler, load() checks a handler's form but imports nothing."""
+    path = tmp_path / "t.toml"
+    path.write_text("[services.x]\nhandler = 'no_such_module_x:X'\n")
+    assert config.load(path, env={}).services["x"].handler == "no_such_module_x:X"

@@ -64,8 +64,8 @@ def test_killed_worker_events_are_in_order(start_daemon):
     d = start_daemon({"tool": {**TOOL, "workers": 1}})
     pid = d.workers("tool")[0]["pid"]
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: d.workers("tool")[0]["state"] == "READY" and
-               d.workers("tool")[0]["pid"] != pid, 10, "a replacement")
+    wait_until(lambda: (w := d.workers("tool")[0])["state"] == "READY" and w["pid"] != pid,
+               10, "a replacement")  # (one status: READY and the new pid of the same worker)
     result = ctl("--control", d.control, "events", "--json", "--service", "tool")
     events = [json.loads(line) for line in result.stdout.splitlines()]
     names = [e["event"] for e in events]

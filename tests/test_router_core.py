@@ -3,7 +3,8 @@ recycling, admission, and the facts it tells the supervisor. (tests/test_routing
 checks the one-reply invariant over random runs; these name the cases.)"""
 
 from tacore import facts as f
-from tacore.brokering.broker import GONE, Broker
+from tacore.brokering.broker import Broker
+from tacore.brokering.routes import GONE
 from tacore.config import BrokerConfig, ServiceConfig
 
 BROKER = BrokerConfig(frontend=("ipc:///f",), backend="ipc:///b", heartbeat_interval=1.0,

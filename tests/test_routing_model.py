@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from tacore import facts as f
-from tacore.brokering.broker import GONE, Broker
+from tacore.brokering.broker import Broker
+from tacore.brokering.routes import GONE
 from tacore.config import BrokerConfig, ServiceConfig
 
 EXAMPLES = int(os.environ.get("TACORE_MODEL_EXAMPLES", 150))

@@ -2,7 +2,7 @@
 
 import threading
 
-from tacore.runtime import child
+from tacore.runtime import child, spec
 from tacore.supervision.stacks import annotate
 
 HERE = __file__
@@ -40,3 +40,8 @@ def test_unknown_main_thread_gives_no_blocked_at():
     """Without the worker's main-thread header, no frame is blamed."""
     text, blocked_at = annotate(dump("0x1", "0x2"), None)
     assert blocked_at is None and "Current thread 0x1" in text
+
+
+def test_the_spec_names_the_workers_entry_file():
+    """The daemon finds the entry point without importing the worker's module."""
+    assert spec.ENTRY_FILE == child.__file__ and spec.DUMP_SIGNAL == child.DUMP_SIGNAL

@@ -46,7 +46,6 @@ from typing import Callable
 from tacore import events as ev
 from tacore import facts as f
 from tacore.brokering import protocol as mdp
-from tacore.brokering.frames import FULL, GONE  # noqa: F401  (what to_worker may say)
 from tacore.brokering.liveness import Liveness
 from tacore.brokering.protocol import ClientRequest
 from tacore.brokering.routes import (OTHER_STATUS, Expected, RateLimit, Route, WorkerLink,

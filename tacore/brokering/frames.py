@@ -11,6 +11,8 @@ from __future__ import annotations
 import zmq
 import zmq.backend
 
+from tacore.brokering.routes import FULL, GONE
+
 _send = zmq.backend.Socket.send
 _recv = zmq.backend.Socket.recv
 MORE = int(zmq.SNDMORE)
@@ -45,8 +47,6 @@ def send_frames(sock: zmq.Socket, frames, flags: int = NOBLOCK) -> None:
         _send(sock, frame, more)
     _send(sock, frames[-1], flags)
 
-
-GONE, FULL = "gone", "full"  # why a message could not be sent to a worker
 
 
 def drain(sock: zmq.Socket, handle, now: float, keyed: bool = False) -> None:

@@ -9,8 +9,7 @@ from __future__ import annotations
 from tacore import events as ev
 from tacore import facts as f
 from tacore.brokering import protocol as mdp
-from tacore.brokering.frames import GONE
-from tacore.brokering.routes import WorkerLink
+from tacore.brokering.routes import GONE, WorkerLink
 from tacore.events import Event
 
 

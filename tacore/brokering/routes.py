@@ -7,9 +7,10 @@ from collections import deque
 
 from tacore.brokering.protocol import ClientRequest
 from tacore.config import ServiceConfig
-from tacore.observability.metrics import Histogram
+from tacore.histogram import Histogram
 
 OTHER_STATUS = b"other"  # the one label for replies whose status frame is not a 3-digit code
+GONE, FULL = "gone", "full"  # why to_worker could not send a message to a worker
 
 
 def status_label(status: bytes) -> bytes:

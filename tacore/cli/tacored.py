@@ -15,6 +15,7 @@ from tacore import __version__, config as configuration
 from tacore.daemon.app import Daemon
 from tacore.errors import EX_CONFIG, EX_SOFTWARE, ConfigError, StartupError
 from tacore.observability.logging import configure_logging
+from tacore.runtime.loader import load_handler
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,7 +40,7 @@ def main(config_path: str | None, check: bool) -> None:
     if not config_path:
         _fail(["no configuration file given: pass --config PATH or set TACORE_CONFIG"], EX_CONFIG)
     try:
-        config = configuration.load(config_path)
+        config = configuration.load(config_path, load_handler=load_handler)
     except ConfigError as e:
         _fail(e.errors, EX_CONFIG)
     if check:

@@ -12,9 +12,8 @@ import time
 
 from tacore import __version__
 from tacore.config import LOG_LEVELS
+from tacore.health import assess_health
 from tacore.observability.prometheus import exposition
-
-SERVING = ("READY", "BUSY")
 
 
 class CommandError(Exception):
@@ -137,40 +136,3 @@ def _on_slots(operation, service, arg, **kw):
         return operation(service, arg, time.monotonic(), **kw)
     except (KeyError, ValueError) as e:
         raise CommandError(e.args[0]) from None
-
-
-def assess_health(status: dict) -> dict:
-    """Healthy when every service with workers has at least min_ready READY or BUSY workers.
-
-    Each failing service gets one line saying why, e.g.
-    "ta: 0/2 ready (min_ready 1); slot 0 FATAL: 6 failures within 60s (6 start_timeout)".
-    """
-    problems, warnings = [], []
-    if status["daemon"]["stopping"]:
-        problems.append("daemon: shutting down")
-    persistence = status["daemon"]["persistence"]
-    if persistence["enabled"] and persistence["degraded"]:
-        warnings.append(f"persistence degraded ({persistence['degraded']}): events are kept "
-                        "in memory only")
-    for name, service in status["services"].items():
-        own = [w for w in service["workers"] if not w["external"]]
-        if not own or service["removing"]:
-            continue
-        ready = sum(w["state"] in SERVING for w in own)
-        if ready >= service["min_ready"]:
-            continue
-        why = [f"slot {w['slot']} {w['state']}" + _detail(w)
-               for w in own if w["state"] not in SERVING]
-        problems.append(f"{name}: {ready}/{len(own)} ready (min_ready {service['min_ready']})"
-                        + (f"; {'; '.join(why)}" if why else ""))
-    return {"healthy": not problems, "problems": problems, "warnings": warnings}
-
-
-def _detail(worker: dict) -> str:
-    if worker["state"] == "FATAL":
-        retry = worker.get("next_retry_in")
-        return f": {worker['fatal_reason']}" + (
-            f"; retried by itself in {retry:.0f}s" if retry is not None else "")
-    if worker["last_exit"]:
-        return f" after {worker['last_exit']['reason']}"
-    return ""

@@ -25,20 +25,20 @@ from tacore.brokering.broker import Broker
 from tacore.brokering.frames import drain, send_or_drop, send_or_say
 from tacore import config as configuration
 from tacore.config import Config, kept_as_running, restart_needed
-from tacore.control.commands import assess_health
 from tacore.control.server import ControlServer
 from tacore.daemon import sampling, sockets, views
 from tacore.daemon.sampling import Sampler
 from tacore.daemon.security import CurveGuard, client_keys
 from tacore.daemon.notify import Notifier
 from tacore.daemon.signals import SignalPipe
-from tacore.daemon.views import pool_summary
 from tacore.events import Event
 from tacore.errors import EX_UNAVAILABLE, ConfigError, StartupError
+from tacore.health import assess_health, pool_summary
 from tacore.observability.http import HttpEndpoint
 from tacore.observability.logging import configure_logging, log_event
 from tacore.observability.prometheus import exposition
 from tacore.persistence.store import Store
+from tacore.runtime.loader import load_handler
 from tacore.supervision.spawner import Spawner
 from tacore.supervision.supervisor import Supervisor
 
@@ -330,7 +330,7 @@ class Daemon:
         """Re-read and validate the file; keep running on the old one if it is invalid."""
         self.notifier.reloading()
         try:
-            config = configuration.load(self.config.path)
+            config = configuration.load(self.config.path, load_handler=load_handler)
         except ConfigError as e:
             self.notifier.ready(self.notifier.status or "running")
             self.emit(Event(ev.DAEMON_RELOAD_FAILED, {"config": str(self.config.path),

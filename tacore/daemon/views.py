@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tacore import __version__
+from tacore import __version__, health
+from tacore.supervision.states import State
 
-SERVING = ("READY", "BUSY")
 NO_FIGURES = {"cpu_percent": None, "rss_bytes": None}
 
 
@@ -37,7 +37,7 @@ def status(daemon, now: float) -> dict:
             "identity": link.identity.hex(), **_link_view(link, now)})
     for name, entry in services.items():
         route = daemon.broker.routes.get(name.encode())
-        entry["ready"] = sum(w["state"] in SERVING for w in entry["workers"])
+        entry["ready"] = health.ready(entry["workers"])
         entry["queue"] = len(route.queue) if route else 0
         entry["requests"] = route.requests if route else 0
     return {"daemon": {"pid": daemon.pid, "spawner_pid": daemon.spawner.pid,
@@ -72,7 +72,8 @@ def metrics(daemon, now: float) -> dict:
             "requests": entry["requests"], "by_status": by_status,
             "errors": sum(v for k, v in by_status.items() if k != "200"),
             "queue": entry["queue"], "ready": entry["ready"],
-            "workers_by_state": dict(Counter(w["state"] for w in entry["workers"])),
+            "workers_by_state": {**dict.fromkeys(map(str, State), 0),  # every state, zeros too
+                                 **Counter(w["state"] for w in entry["workers"])},
             "restarts": sum(w["restarts"] for w in entry["workers"]),
             "latency": {"buckets": latency.cumulative() if latency else [],
                         **(latency.summary() if latency else {"count": 0, "sum": 0.0})},
@@ -90,20 +91,3 @@ def metrics(daemon, now: float) -> dict:
                                                    and d["persistence"]["enabled"]),
                        "unknown_service_requests": daemon.broker.unknown_service},
             "services": services, "workers": workers}
-
-
-def pool_summary(services: dict) -> tuple[str, bool]:
-    """"echo 2/2, ta 2/2 ready" (with FATAL slots named), and whether every service has
-    reached min_ready or has a FATAL slot (start-up is over either way)."""
-    parts, fatal, settled = [], [], True
-    for name, service in services.items():
-        own = [w for w in service["workers"] if not w["external"]]
-        ready = sum(w["state"] in SERVING for w in own)
-        parts.append(f"{name} {ready}/{len(own)}")
-        dead = [f"{name}/{w['slot']}" + (f" (retry in {w['next_retry_in']:.0f}s)"
-                                           if w["next_retry_in"] is not None else "")
-                for w in own if w["state"] == "FATAL"]
-        fatal += dead
-        settled &= ready >= service["min_ready"] or bool(dead)
-    text = ", ".join(parts) + " ready" + (f"; FATAL: {', '.join(fatal)}" if fatal else "")
-    return text, settled

@@ -20,8 +20,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 
-from tacore.supervision.states import State
-
 
 def exposition(metrics: dict) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
@@ -54,8 +52,8 @@ class _Snapshot:
             duration.add_metric([name], [(_le(b), c) for b, c in latency["buckets"]],
                                 latency["sum"])
             queue.add_metric([name], s["queue"])
-            for state in State:
-                states.add_metric([name, state.value], s["workers_by_state"].get(state.value, 0))
+            for state, count in s["workers_by_state"].items():  # every state, zeros too
+                states.add_metric([name, state], count)
             restarts.add_metric([name], s["restarts"])
         yield from (requests, duration, queue, states, restarts)
         yield from self._workers(workers)

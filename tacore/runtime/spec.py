@@ -1,14 +1,20 @@
-"""The small, plain description a worker process builds its whole world from."""
+"""The small, plain description a worker process builds its whole world from, and the few
+facts about a worker that the daemon needs without importing the worker's code (and ZeroMQ
+with it): its exit status, its dump signal, its entry point."""
 
 from __future__ import annotations
 
+import os
 import signal
 from dataclasses import dataclass
 
 # Exit status of a worker whose service could not be created or whose start() raised.
 EXIT_START_FAILED = 3
-# The signal on which a worker's faulthandler writes every thread's stack to its stack pipe.
+# A worker writes the stack of every thread to its stack pipe on this signal (faulthandler).
 DUMP_SIGNAL = signal.SIGUSR1
+# The file of the worker's entry point, run() in runtime/child.py: frames below it in a
+# worker's stack are the daemon's, copied by fork.
+ENTRY_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "child.py")
 
 
 @dataclass(frozen=True)

@@ -271,6 +271,7 @@ def serve(fd: int, daemon_pid: int) -> None:
     sock = socket.socket(fileno=fd)
     setup = json.loads(sock.recv(MAX_MESSAGE))
     sys.path[:] = setup["sys_path"]
+    from tacore.runtime import child  # noqa: F401  (the workers' code: imported once, here)
     from tacore.runtime.loader import load_handler
 
     for handler in setup["preload"]:

@@ -12,8 +12,9 @@ import linecache
 import os
 import re
 
-from tacore.runtime import child
+import tacore
 from tacore.runtime.loader import INSTALLED
+from tacore.runtime.spec import ENTRY_FILE
 
 _FRAME = re.compile(r'^\s*File "(?P<file>.*)", line (?P<line>\d+) in (?P<func>.*)$')
 _THREAD = re.compile(r"^(?P<current>Current thread|Thread) (?P<ident>0x[0-9a-f]+)")
@@ -91,14 +92,13 @@ def annotate(raw: str, main_ident: str | None) -> tuple[str, str | None]:
             innermost, seen_main_frame = here, True
         if in_main and own is None and _is_own_code(path):
             own = here
-        if path == _ENTRY_FILE and func == "run":
+        if path == ENTRY_FILE and func == "run":
             out.append("  (frames below are the daemon's, from before the fork)")
             cut = True
     return "\n".join(out), own or innermost
 
 
-_ENTRY_FILE = child.__file__
-_TACORE = os.path.join(os.path.dirname(os.path.dirname(child.__file__)), "")
+_TACORE = os.path.join(os.path.dirname(tacore.__file__), "")
 
 
 def _is_own_code(path: str) -> bool:

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from typing import Callable
 
-from tacore import events as ev
+from tacore import events as ev, health
 from tacore.config import Config
 from tacore.events import Event
 from tacore.runtime.spec import EXIT_START_FAILED
@@ -170,8 +170,7 @@ class Supervisor(Moves, Stopping):
     def service_fatal(self, service: str) -> bool:
         """True when every slot of the service is FATAL: nothing will serve it by itself."""
         entry = self.services.get(service)
-        return entry is not None and bool(entry.slots) and all(
-            slot.state is State.FATAL for slot in entry.slots)
+        return entry is not None and health.service_fatal(slot.state.value for slot in entry.slots)
 
     def _tell_fatal(self, service: str) -> None:
         """After a change to or from FATAL: tell the broker if the service's verdict moved."""
