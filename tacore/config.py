@@ -267,7 +267,8 @@ class DaemonConfig:
         "`json` (one JSON object per line), `console`, or `auto`: JSON unless stderr is a "
         "terminal", restart=True)
     python_path: tuple[str, ...] = key(
-        (), string_list, "directories prepended to `sys.path` before handlers are imported")
+        (), string_list, "directories prepended to `sys.path` before handlers are imported "
+        "(the spawner takes `sys.path` when it starts)", restart=True)
     stop_timeout: float = key(
         30.0, duration,
         "on shutdown, how long running requests may take to finish before their workers are "
