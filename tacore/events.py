@@ -37,6 +37,8 @@ DAEMON_RELOAD_FAILED = "daemon.reload_failed"
 WORKER_LOST = "worker.lost"  # the broker found its connection gone
 WORKER_REFUSED = "worker.refused"  # an external worker not admitted to a service
 BAD_REPLY = "worker.bad_reply"  # a reply that breaks tacore's body convention
+WORKER_OUTPUT = "worker.output"  # a line a worker wrote to stdout or stderr
+WORKER_OUTPUT_DROPPED = "worker.output_dropped"  # lines over the rate limit, counted
 PROTOCOL_ERROR = "protocol.error"
 REQUEST_TIMEOUT = "request.timeout"
 CONTROL_ERROR = "control.error"
@@ -46,6 +48,7 @@ STATE_NOTICE = "state.notice"
 # Events an operator must see even at log_level = "warning".
 WARNING = frozenset({WORKER_START_TIMEOUT, WORKER_HEARTBEAT_TIMEOUT, REQUEST_TIMEOUT, WORKER_KILLED, WORKER_BACKOFF,
                      PROTOCOL_ERROR, CONTROL_ERROR, AUTH_REFUSED, WORKER_LOST, WORKER_REFUSED,
+                     WORKER_OUTPUT_DROPPED,
                      BAD_REPLY})
 ERROR = frozenset({WORKER_FATAL, WORKER_REPLACE_FAILED, DAEMON_RELOAD_FAILED})
 DEBUG = frozenset({WORKER_STATE})
@@ -57,6 +60,7 @@ class Event:
     context: dict = field(default_factory=dict)
     severity: str | None = None  # overrides the level the name implies
     ts: float = field(default_factory=time.time)  # wall clock: shown and stored, never compared
+    stored: bool = True  # False: logged only (workers' output lines; `tacorectl logs` has them)
 
     @property
     def level(self) -> str:

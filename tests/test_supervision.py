@@ -186,6 +186,11 @@ def test_second_sigint_kills_at_once(start_daemon):
     assert d.proc.wait(timeout=5) == 0
 
 
+def _sockets(pid: int) -> set[str]:
+    """The socket inodes a process holds (a reconnecting worker has new ones)."""
+    return {link for link in _links(pid) if link.startswith("socket:")}
+
+
 def ignores_sigterm(pid: int) -> bool:
     """The process has SIGTERM set to SIG_IGN (from /proc/PID/status)."""
     with open(f"/proc/{pid}/status") as f:
@@ -222,12 +227,16 @@ def test_a_paused_daemon_does_not_kill_its_workers(start_daemon):
     d = start_daemon({"echo": {"handler": "tests.workers:Echo", "workers": 2}},
                      broker={"heartbeat_interval": 0.2, "heartbeat_liveness": 3})
     pids = [w["pid"] for w in d.workers("echo")]
+    sockets = {pid: _sockets(pid) for pid in pids}
     os.kill(d.proc.pid, signal.SIGSTOP)
     try:
-        # The workers notice the silent broker and reconnect (their own log lines).
-        d.wait_event("worker.broker_lost", count=2)
+        # The workers notice the silent broker and reconnect: each has new sockets. (Their
+        # log lines say so too, but those reach the log through the daemon, stopped here.)
+        wait_until(lambda: all(_sockets(pid).isdisjoint(sockets[pid]) for pid in pids), 10,
+                   "both workers to reconnect")
     finally:
         os.kill(d.proc.pid, signal.SIGCONT)
+    d.wait_event("worker.broker_lost", count=2)
     d.wait_event("daemon.stalled")
     wait_until(lambda: all(w["state"] == "READY" and w["last_seen"] is not None
                            and w["last_seen"] < 0.5 for w in d.workers("echo")),

@@ -1,7 +1,9 @@
 """Test services with known misbehaviour, imported by real workers in the integration tests."""
 
+import logging
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -111,3 +113,33 @@ class SlowTool(Tool):
 
     def start(self, config):
         time.sleep(config.get("seconds", 0.5))
+
+
+class Chatty:
+    """Prints, writes to stderr and logs through the stdlib, in start() and per request;
+    "flood" prints params lines at once."""
+
+    def start(self, config):
+        print("starting up")
+        logging.getLogger("chatty.lib").warning("a library warns")
+
+    def handle(self, method, params):
+        if method == "flood":
+            for i in range(params):
+                print(f"flood {i}")
+            return params
+        print(f"handling {method}")
+        sys.stderr.write(f"stderr says {params}\n")
+        logging.getLogger("chatty").error("logged %s", method)
+        return params
+
+
+class PrintsThenFails:
+    """start() prints what it tries, then raises: the output shows in worker.exited."""
+
+    def start(self, config):
+        print("connecting to db.example:5432")
+        raise RuntimeError("db unreachable")
+
+    def handle(self, method, params):
+        return params

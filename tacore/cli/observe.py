@@ -1,4 +1,4 @@
-"""tacorectl's commands that watch a daemon over time: events, metrics, top."""
+"""tacorectl's commands that watch a daemon over time: events, logs, metrics, top."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import click
 from tacore.cli import render
 from tacore.cli.context import Context, json_option
 
+
 def parse_duration(text: str) -> float:
     """'30s', '5m', '1h', '2d' (or plain seconds) -> seconds."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -23,6 +24,36 @@ def parse_duration(text: str) -> float:
     if value < 0:
         raise click.BadParameter("a duration cannot be negative")
     return value * units[unit]
+
+
+@click.command()
+@click.argument("target", metavar="[SERVICE[/SLOT]]", required=False)
+@click.option("-n", "--lines", default=50, show_default=True, type=click.IntRange(min=1),
+              help="How many of the most recent lines.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines (Ctrl-C stops).")
+@json_option
+@click.pass_obj
+def logs(obj: Context, target, lines, follow, as_json):
+    """What the workers wrote to stdout and stderr (and logged), attributed, oldest first.
+
+    The daemon keeps the last 500 lines of each slot, across its restarts, so the output of
+    the attempt that just failed is there.
+
+    \b
+    Examples:
+      tacorectl logs ta/0 -n 20
+      tacorectl logs echo -f
+    """
+    query = {"lines": lines, **({"target": target} if target else {})}
+    while True:
+        batch = obj.call("logs", **query)
+        for entry in batch:
+            click.echo(json.dumps(entry) if as_json else render.output_line(entry))
+        if not follow:
+            return
+        if batch:
+            query = {**query, "after": batch[-1]["seq"], "lines": 0}
+        time.sleep(0.5)  # a person is reading: twice a second is plenty
 
 
 @click.command()

@@ -77,6 +77,14 @@ def _exit_or_reason(worker: dict) -> str:
     return last_exit(worker["last_exit"])
 
 
+def output_line(entry: dict) -> str:
+    """One line of a worker's output, as `tacorectl logs` prints it."""
+    when = time.strftime("%H:%M:%S", time.localtime(entry["ts"]))
+    where = f"{entry['service']}/{entry['slot']} pid {entry['pid']}"
+    mark = " !" if entry["stream"] == "stderr" else ""
+    return f"{when} {where}{mark}: {entry['line']}"
+
+
 def health_text(health: dict) -> str:
     text = "healthy" if health["healthy"] else "unhealthy:\n" + "\n".join(
         f"  {p}" for p in health["problems"])

@@ -23,7 +23,7 @@ from tacore.client import AccessDenied as FrontendDenied, CallError, CallTimeout
 from tacore.control.client import curve_options
 from tacore.cli.context import (EXIT_NO_PERMISSION, EXIT_NOT_RUNNING, EXIT_UNHEALTHY, Context,
                                 endpoint_from, fail, json_option)
-from tacore.cli.observe import events, metrics, top
+from tacore.cli.observe import events, logs, metrics, top
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -343,5 +343,5 @@ if __name__ == "__main__":
     main()
 
 
-for _command in (events, metrics, top):  # (tacore/cli/observe.py)
+for _command in (events, logs, metrics, top):  # (tacore/cli/observe.py)
     main.add_command(_command)

@@ -95,6 +95,18 @@ def events(daemon, args: dict) -> list[dict]:
                          limit=min(limit, 100_000))
 
 
+def logs(daemon, args: dict) -> list[dict]:
+    """Recent output of every slot (or of SERVICE, or SERVICE/SLOT), oldest first: the last
+    ``lines`` lines, or those after ``after`` (a ``seq`` from an earlier answer)."""
+    target, lines, after = args.get("target"), args.get("lines", 100), args.get("after")
+    for name, value in (("lines", lines), ("after", after)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 0):
+            raise CommandError(f"{name} must be a whole number >= 0")
+    service, index = _target(args) if target else (None, None)
+    return _on_slots(daemon.supervisor.output, service, index, lines=lines, after=after)
+
+
 def metrics(daemon, args: dict):
     if args.get("format") == "prometheus":
         return exposition(daemon.metrics()).decode()
@@ -117,7 +129,7 @@ def shutdown(daemon, args: dict) -> dict:
 COMMANDS = {"status": status, "health": health, "ping": ping, "restart": restart, "stop": stop,
             "start": start, "scale": scale, "reload": reload, "dump": dump,
             "shutdown": shutdown, "events": events, "metrics": metrics,
-            "log_level": log_level}
+            "log_level": log_level, "logs": logs}
 
 
 def _target(args: dict) -> tuple[str, int | None]:

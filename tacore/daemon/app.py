@@ -301,7 +301,8 @@ class Daemon:
 
     def emit(self, event: Event) -> None:
         log_event(self.log, event)
-        self.store.add_event(event.ts, event.name, event.level, event.context)
+        if event.stored:
+            self.store.add_event(event.ts, event.name, event.level, event.context)
 
     # --- what the parts tell each other -------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 
 import structlog
 
@@ -45,6 +46,24 @@ def configure_logging(level: str, fmt: str, stream=None):
         cache_logger_on_first_use=False,
     )
     return structlog.get_logger()
+
+
+class _ToStructlog(logging.Handler):
+    """The stdlib's log records as structlog ``worker.log`` events (message, logger, level)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = {"message": record.getMessage(), "logger": record.name}
+            if record.exc_info:
+                fields["exception"] = "".join(traceback.format_exception(*record.exc_info))
+            structlog.get_logger().log(record.levelno, "worker.log", **fields)
+        except Exception:
+            self.handleError(record)
+
+
+def route_stdlib_logging(level: str) -> None:
+    """Send the root logger (and so every library's) through structlog, at ``level``."""
+    logging.basicConfig(handlers=[_ToStructlog()], level=level.upper(), force=True)
 
 
 def log_event(log, event: Event) -> None:

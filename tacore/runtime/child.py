@@ -26,7 +26,7 @@ import zmq
 from tacore.brokering import protocol as mdp
 from tacore.brokering.frames import recv_frames, send_frames
 from tacore.errors import BadRequest
-from tacore.observability.logging import configure_logging
+from tacore.observability.logging import configure_logging, route_stdlib_logging
 from tacore.runtime.loader import load_handler
 from tacore.runtime.spec import DUMP_SIGNAL, EXIT_START_FAILED, WorkerSpec
 
@@ -40,8 +40,11 @@ class _Stop(BaseException):
 def run(spec: WorkerSpec) -> None:
     """Worker process entry point (module level, so any start method can call it)."""
     _detach(spec)
-    log = configure_logging(spec.log_level, spec.log_format).bind(
+    # JSON on stderr, which is a pipe the daemon reads and re-logs in its own format, with
+    # the stdlib's logging (the service's and its libraries') in the same lines.
+    log = configure_logging(spec.log_level, "json").bind(
         service=spec.service, slot=spec.slot, pid=os.getpid())
+    route_stdlib_logging(spec.log_level)
     os.write(spec.stack_fd, f"main-thread 0x{threading.main_thread().ident:016x}\n".encode())
     faulthandler.register(DUMP_SIGNAL, file=spec.stack_fd, all_threads=True)
     stopper = _Stopper()

@@ -27,6 +27,20 @@ class Moves:
             raise KeyError(f"{service} has no slot {index}")
         return slots
 
+    def output(self, service: str | None, index: int | None, now: float, lines: int = 100,
+               after: int | None = None) -> list[dict]:
+        """Recent output lines of the named slots (all if ``service`` is None)."""
+        slots = self.slots_of(service, index) if service else self.all_slots()
+        rings = {}
+        for slot in slots:  # a slot and its replacement share one ring
+            rings.setdefault(id(slot.ring), (slot, slot.ring))
+        found = [{"seq": seq, "ts": ts, "service": slot.service.name, "slot": slot.index,
+                  "pid": pid, "stream": stream, "line": line}
+                 for slot, ring in rings.values() for seq, ts, pid, stream, line in ring.lines
+                 if after is None or seq > after]
+        found.sort(key=lambda entry: entry["seq"])
+        return found[-lines:] if lines else found
+
     def restart(self, service: str, index: int | None, now: float) -> dict:
         """Rolling restart: each running worker is replaced once its successor is READY."""
         entry = self.services[service]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from tacore.config import ServiceConfig
 from tacore.supervision import spawner
+from tacore.supervision.output import Ring
 from tacore.supervision.policy import RestartPolicy
 from tacore.supervision.states import State
 
@@ -32,6 +33,7 @@ class Slot:
         self.worker: spawner.WorkerProcess | None = None
         self.spawns = previous.spawns if previous else 0
         self.crashes = previous.crashes if previous else 0  # deaths after min_uptime of READY
+        self.ring = previous.ring if previous else Ring()  # recent output, across restarts
         self.last_exit: dict | None = previous.last_exit if previous else None
         self.backoff_until: float | None = None
         self.fatal_reason: str | None = None

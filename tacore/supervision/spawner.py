@@ -42,7 +42,7 @@ import socket
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psutil
 
@@ -76,6 +76,8 @@ class WorkerProcess:
     stop_is_failure: bool = False
     kill_deadline: float | None = None
     killed: bool = False
+    output: dict = field(default_factory=dict)  # "stdout"/"stderr" -> its pipe's read end
+    readers: list = field(default_factory=list)  # the supervisor's OutputReaders of them
 
 
 class Spawner:
@@ -141,14 +143,14 @@ class Spawner:
             raise SpawnerGone("the spawner did not answer")
         if "error" in message:
             raise OSError(message["error"])
-        pidfd, stack_r = fds
+        pidfd, stack_r, out_r, err_r = fds
         pid = message["pid"]
         try:
             ps = psutil.Process(pid)
         except psutil.Error:
             ps = None  # already gone: its pidfd will say so
         return WorkerProcess(pid=pid, identity=fields["identity"], sentinel=pidfd,
-                             stack=StackReader(stack_r),
+                             stack=StackReader(stack_r), output={"stdout": out_r, "stderr": err_r},
                              started=min(message["forked_at"], now),
                              spawn_seconds=time.perf_counter() - began, ps=ps)
 
@@ -303,37 +305,43 @@ def serve(fd: int, daemon_pid: int) -> None:
 def _fork(sock: socket.socket, seq: int, fields: dict, private: tuple[int, int]) -> None:
     from tacore.runtime.spec import WorkerSpec
 
-    stack_r, stack_w = os.pipe()
+    (stack_r, stack_w), (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe(), os.pipe()
     try:
         pid = os.fork()
     except OSError as e:
-        os.close(stack_r)
-        os.close(stack_w)
+        for fd in (stack_r, stack_w, out_r, out_w, err_r, err_w):
+            os.close(fd)
         sock.send(json.dumps({"spawned": seq, "error": f"fork failed: {e}"}).encode())
         return
     if pid == 0:
+        os.dup2(out_w, 1)  # the worker's stdout and stderr: pipes the daemon reads
+        os.dup2(err_w, 2)
         _child(sock, WorkerSpec(**_from_json(fields), stack_fd=stack_w,
-                                parent_pid=os.getppid()), private, stack_r)
+                                parent_pid=os.getppid()), private,
+               (stack_r, out_r, out_w, err_r, err_w))
     forked_at = time.monotonic()
-    os.close(stack_w)
+    for fd in (stack_w, out_w, err_w):
+        os.close(fd)
     pidfd = os.pidfd_open(pid)
     try:
         socket.send_fds(sock, [json.dumps({"spawned": seq, "pid": pid,
-                                           "forked_at": forked_at}).encode()], [pidfd, stack_r])
+                                           "forked_at": forked_at}).encode()],
+                        [pidfd, stack_r, out_r, err_r])
     finally:
-        os.close(pidfd)
-        os.close(stack_r)
+        for fd in (pidfd, stack_r, out_r, err_r):
+            os.close(fd)
 
 
-def _child(sock, spec, private: tuple[int, int], stack_r: int) -> None:
+def _child(sock, spec, private: tuple[int, int], others: tuple[int, ...]) -> None:
     """In the new worker: drop the spawner's own descriptors and signals, run, never return."""
     code = 1
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         sock.close()
-        for fd in (*private, stack_r):
+        for fd in (*private, *others):
             os.close(fd)
+        sys.stdout.reconfigure(line_buffering=True)  # a print() is a line the daemon sees now
         from tacore.runtime import child
 
         child.run(spec)

@@ -77,7 +77,7 @@ class Stopping:
         if w.frozen:
             context["process_state"] = "stopped (SIGSTOP or a tracer)"
         self.emit(Event(dump.kill_event, slot.context(blocked_at=blocked_at, **context,
-                                                      stack=stack)))
+                                                      stack=stack, output=slot.ring.tail())))
         self._terminate(slot, now)
 
     def _terminate(self, slot: Slot, now: float) -> None:

@@ -26,6 +26,9 @@ from tacore.supervision import spawner
 from tacore.supervision import spawner as spawner_module
 from tacore.supervision.policy import CRASH
 from tacore.supervision.moves import Moves
+from tacore.supervision.output import LINES_PER_SECOND, OutputReader
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
 from tacore.supervision.stopping import Stopping
 from tacore.supervision.slot import Slot, ServiceSlots
 from tacore.supervision.states import State, check_transition
@@ -243,6 +246,10 @@ class Supervisor(Moves, Stopping):
         self.facts.append(f.Expect(identity, s.name.encode(), slot.request_limit))
         self.watch(w.sentinel, lambda now: self._on_exit(slot, w, now))
         self.watch(w.stack.fd, lambda now: self._on_stack(w, now))
+        w.readers = [OutputReader(fd, stream, w.pid, slot.ring, self._output_of(slot, w.pid))
+                     for stream, fd in w.output.items()]
+        for reader in w.readers:
+            self.watch(reader.fd, lambda now, r=reader: self._on_output(r, now))
         self._change(slot, State.STARTING, now, ev.WORKER_SPAWNED, pid=w.pid,
                      restarts=slot.spawns - 1, spawn_ms=round(w.spawn_seconds * 1000, 2))
 
@@ -262,6 +269,28 @@ class Supervisor(Moves, Stopping):
                                                       fatal_for=round(now - slot.fatal_at, 3))))
         self._spawn(slot, now)
 
+    def _on_output(self, reader: OutputReader, now: float) -> None:
+        if not reader.read(now):
+            self.unwatch(reader.fd)  # the worker closed its end: it is exiting
+
+    def _output_of(self, slot: Slot, pid: int):
+        """What to log for a line of this worker's output (see supervision/output.py)."""
+        def emit_line(stream: str, line: str | None, parsed: dict | None) -> None:
+            if line is None:
+                self.emit(Event(ev.WORKER_OUTPUT_DROPPED, slot.context(
+                    pid=pid, stream=stream, dropped=parsed["dropped"],
+                    limit=f"{LINES_PER_SECOND} lines a second")))
+            elif parsed is not None:  # the worker's own structured log line
+                context = {k: v for k, v in parsed.items()
+                           if k not in ("event", "level", "timestamp")}
+                level = parsed.get("level")
+                self.emit(Event(parsed["event"], {**context, **slot.context(pid=pid)},
+                                severity=level if level in LEVELS else None, stored=False))
+            else:
+                self.emit(Event(ev.WORKER_OUTPUT, slot.context(pid=pid, stream=stream,
+                                                               line=line), stored=False))
+        return emit_line
+
     def _on_stack(self, w: spawner.WorkerProcess, now: float) -> None:
         self._dirty = True  # the end of a dump is a deadline
         if not w.stack.read(now):
@@ -277,6 +306,10 @@ class Supervisor(Moves, Stopping):
         w.stack.read(now)
         self.unwatch(w.stack.fd)
         w.stack.close()
+        for reader in w.readers:
+            reader.drain(now)  # what it printed last, and a partial last line
+            self.unwatch(reader.fd)
+            reader.close()
         self.by_identity.pop(w.identity, None)
         self.facts.append(f.Gone(w.identity))  # the broker requeues or answers what it held
         slot.worker = None
@@ -302,7 +335,8 @@ class Supervisor(Moves, Stopping):
             exit_info["kind"] = slot.policy.kind(ready_for)
         self.emit(Event(ev.WORKER_EXITED, slot.context(
             pid=w.pid, uptime=round(now - w.started, 3),
-            ready_for=round(ready_for, 3) if ready_for is not None else None, **exit_info),
+            ready_for=round(ready_for, 3) if ready_for is not None else None, **exit_info,
+            output=slot.ring.tail() if failure else None),
             severity="warning" if failure else None))
         self._after_exit(slot, now, reason, failure, w.pid, ready_for)
 
@@ -345,6 +379,7 @@ class Supervisor(Moves, Stopping):
         retry = (f"retried by itself in {slot.service.fatal_retry:g}s, or at once with: "
                  if slot.retry_at is not None else "")
         self._change(slot, State.FATAL, now, ev.WORKER_FATAL, reason=slot.fatal_reason,
+                     output=slot.ring.tail(),
                      retry_in=slot.service.fatal_retry if slot.retry_at is not None else None,
                      fix=f"fix the service; {retry}tacorectl start {slot.name}", **context)
         if slot.replaces is not None:  # a failed replacement: the old worker keeps serving
@@ -363,6 +398,8 @@ class Supervisor(Moves, Stopping):
             w = slot.worker
             if w is None:
                 continue
+            for reader in w.readers:
+                reader.report()
             figures = self.system.figures(w)
             if figures is None:
                 continue

@@ -1,0 +1,75 @@
+"""Workers' stdout, stderr and stdlib logging: captured by the daemon, attributed, rate-limited,
+tailable with `tacorectl logs`. Real daemon, real workers."""
+
+import json
+import threading
+import time
+
+from tests.helpers import wait_until
+from tests.mdp import call
+from tests.test_cli import ctl
+
+
+def frontend(d) -> str:
+    return f"ipc://{d.runtime}/frontend.sock"
+
+
+def test_prints_stderr_and_logging_are_attributed_once(start_daemon):
+    d = start_daemon({"chatty": {"handler": "tests.workers:Chatty"}})
+    (worker,) = d.workers("chatty")
+    assert call(frontend(d), "chatty", "m", 7) == ("200", 7)
+    printed = d.wait_event("worker.output", line="handling m")
+    assert [(e["service"], e["slot"], e["pid"], e["stream"]) for e in printed] == [
+        ("chatty", 0, worker["pid"], "stdout")]
+    assert d.wait_event("worker.output", line="stderr says 7", stream="stderr")
+    logged = d.wait_event("worker.log", message="logged m")
+    assert len(logged) == 1 and logged[0]["level"] == "error"
+    assert logged[0]["logger"] == "chatty" and logged[0]["pid"] == worker["pid"]
+    assert d.events("worker.log", message="a library warns", level="warning")  # in start()
+    assert d.events("worker.output", line="starting up")
+    result = ctl("--config", str(d.config), "logs", "chatty/0", "--json")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(x) for x in result.stdout.splitlines()]
+    assert [x["line"] for x in lines if x["stream"] == "stdout"] == ["starting up", "handling m"]
+    assert all(x["service"] == "chatty" and x["slot"] == 0 for x in lines)
+    text = ctl("--config", str(d.config), "logs", "-n", "1").stdout
+    assert text.count("\n") == 1 and "chatty/0 pid" in text
+
+
+def test_output_of_a_failed_start_is_in_its_exit_event_and_kept(start_daemon):
+    d = start_daemon({"db": {"handler": "tests.workers:PrintsThenFails", "max_restarts": 0,
+                             "fatal_retry": 0}}, wait_ready=False)
+    exited = d.wait_event("worker.exited", service="db")[0]
+    assert "connecting to db.example:5432" in exited["output"]
+    fatal = d.wait_event("worker.fatal", service="db")[0]
+    assert "connecting to db.example:5432" in fatal["output"]
+    lines = d.call("logs", target="db/0")
+    assert any("db unreachable" in x["line"] for x in lines)  # the traceback, attributed
+
+
+def test_a_flooding_worker_is_rate_limited_and_the_broker_keeps_serving(start_daemon):
+    """One worker prints 200000 lines; lines over the limit are counted, not kept; the other
+    service's throughput stays within half of what it was with no flood (same test)."""
+    d = start_daemon({"chatty": {"handler": "tests.workers:Chatty", "request_timeout": 60},
+                      "echo": {"handler": "tests.workers:Echo"}})
+
+    def rate(seconds=1.5):
+        done, t0 = 0, time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            call(frontend(d), "echo", "x", done)
+            done += 1
+        return done / (time.monotonic() - t0)
+
+    quiet = rate()
+    flood = threading.Thread(target=call, args=(frontend(d), "chatty", "flood", 200000),
+                             kwargs={"timeout": 60})
+    flood.start()
+    wait_until(lambda: d.events("worker.output_dropped"), 10, "the limit to act")
+    loud = rate()
+    flood.join(60)
+    dropped = sum(e["dropped"] for e in d.events("worker.output_dropped"))
+    kept = len(d.events("worker.output", service="chatty"))
+    assert dropped > 0 and kept < 200000
+    assert loud > 0.5 * quiet, (quiet, loud)
+    print(f"echo calls/s: quiet {quiet:.0f}, with a flooding worker {loud:.0f}; "
+          f"kept {kept} lines, dropped {dropped}")
