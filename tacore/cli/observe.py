@@ -44,16 +44,11 @@ def logs(obj: Context, target, lines, follow, as_json):
       tacorectl logs ta/0 -n 20
       tacorectl logs echo -f
     """
-    query = {"lines": lines, **({"target": target} if target else {})}
-    while True:
-        batch = obj.call("logs", **query)
-        for entry in batch:
-            click.echo(json.dumps(entry) if as_json else render.output_line(entry))
-        if not follow:
-            return
-        if batch:
-            query = {**query, "after": batch[-1]["seq"], "lines": 0}
-        time.sleep(0.5)  # a person is reading: twice a second is plenty
+    def after(query, last):
+        return {**query, "after": last["seq"], "lines": 0}
+
+    _poll(obj, "logs", {"lines": lines, **({"target": target} if target else {})},
+          json.dumps if as_json else render.output_line, follow, after)
 
 
 @click.command()
@@ -78,21 +73,28 @@ def events(obj: Context, service, since, follow, limit, as_json):
     query = {"since": time.time() - parse_duration(since), "limit": limit}
     if service:
         query["service"] = service
-    last = None
+    def after(query, last):
+        if last["id"] is not None:
+            return {**query, "after_id": last["id"], "since": None}
+        return {**query, "since": last["ts"] + 1e-6}  # degraded: from memory, without ids
+
+    _poll(obj, "events", query, json.dumps if as_json else render.event_line, follow, after)
+
+
+def _poll(obj: Context, command: str, query: dict, show, follow: bool, after) -> None:
+    """Print what ``command`` answers; with ``follow``, ask again twice a second for what
+    came after the last item (``after(query, last)``) until Ctrl-C. The daemon pushes
+    nothing: polling is the protocol."""
     while True:
-        batch = obj.call("events", **query)
-        for event in batch:
-            click.echo(json.dumps(event) if as_json else render.event_line(event))
+        batch = obj.call(command, **query)
+        for item in batch:
+            click.echo(show(item))
         if not follow:
             return
         if batch:
-            last = batch[-1]
-        if last is not None and last["id"] is not None:
-            query = {**query, "after_id": last["id"], "since": None}
-        elif last is not None:  # persistence degraded: events from memory, without ids
-            query = {**query, "since": last["ts"] + 1e-6}
+            query = after(query, batch[-1])
         try:
-            time.sleep(0.5)  # polling the daemon: it has nothing to push
+            time.sleep(0.5)
         except KeyboardInterrupt:
             return
 
