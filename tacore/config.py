@@ -216,6 +216,22 @@ def handler_path(value):
     return value
 
 
+def command_list(value):
+    """A program and its arguments: a non-empty list of non-empty strings."""
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v
+                                                            for v in value):
+        raise _Invalid(f"must be a program and its arguments, got {value!r}",
+                       'write e.g. ["/usr/local/bin/worker", "--fast"]')
+    return tuple(value)
+
+
+def string_table(value):
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise _Invalid(f"must be a table of strings, got {value!r}",
+                       'write e.g. {RUST_LOG = "info"}')
+    return dict(value)
+
+
 def table(value):
     if not isinstance(value, dict):
         raise _Invalid(f"must be a table, got {_type_name(value)}", "write [services.NAME.config]")
@@ -370,7 +386,16 @@ class ServiceConfig:
     name: str
     handler: str | None = key(None, handler_path,
                               '`"module:callable"` returning the service object',
-                              shown="required if `workers > 0`")
+                              shown="`handler` or `command` if `workers > 0`")
+    command: tuple[str, ...] | None = key(
+        None, command_list,
+        "instead of `handler`: a program run as each worker (`[\"prog\", \"arg\"]`, looked "
+        "up on `PATH`); it speaks Majordomo on the backend with the identity it is given (see "
+        "Workers in any language)", shown="none")
+    cwd: str | None = key(None, string, "a `command` worker's working directory (relative to "
+                          "the configuration file)", shown="the daemon's")
+    env: dict = key({}, string_table, "variables added to a `command` worker's environment",
+                    shown="none")
     workers: int = key(
         1, _integer(0),
         "worker processes (slots numbered from 0); `0`: a service only external workers serve, "
@@ -670,13 +695,21 @@ def _services(report: _Report, raw, broker: BrokerConfig) -> dict[str, ServiceCo
             continue
         values = report.check_table(section, body, SERVICE_KEYS)
         external_only = values.get("workers", 1) == 0
-        if "handler" not in body and not external_only:
+        if "handler" in body and "command" in body:
+            report.add(section, "command", "handler and command exclude each other",
+                       "a Python service has a handler, any other program a command")
+            continue
+        if "handler" not in body and "command" not in body and not external_only:
             report.add(section, "handler", "is required when workers > 0",
                        'name the service object, e.g. handler = "tacore.services.echo:Echo", '
-                       "or set workers = 0 for a service only external workers serve")
+                       'or the program to run, command = ["prog"], or set workers = 0 for a '
+                       "service only external workers serve")
             continue
-        if "handler" in body and "handler" not in values:
+        if ("handler" in body and "handler" not in values) or (
+                "command" in body and "command" not in values):
             continue
+        if "cwd" in values:
+            values["cwd"] = str((report.path.parent / values["cwd"]).resolve())
         if "min_ready" not in values and external_only:
             values["min_ready"] = 0  # a service served only by external workers
         service = ServiceConfig(name=name, **values)

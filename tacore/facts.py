@@ -15,11 +15,13 @@ from typing import NamedTuple
 
 class Expect(NamedTuple):
     """A worker was forked for ``service``: its READY is ours, not an external worker's.
-    ``request_limit``: after this many replies it is to be recycled (None: never)."""
+    ``request_limit``: after this many replies it is to be recycled (None: never);
+    ``credit``: how many requests it may hold (None: the service's prefetch)."""
 
     identity: bytes
     service: bytes
     request_limit: int | None
+    credit: int | None = None
 
 
 class Retire(NamedTuple):

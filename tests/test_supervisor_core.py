@@ -60,6 +60,15 @@ class FakeSystem:
     def kill(self, pid, sig):
         self.signals.append((pid, sig))
 
+    def signal(self, w, sig):
+        self.kill(w.pid, sig)
+
+    def catches(self, pid, sig):
+        return True
+
+    def proc_view(self, pid):
+        return f"/proc view of pid {pid}", "wchan do_wait, syscall 61"
+
     def is_frozen(self, pid):
         return pid in self.frozen
 
@@ -130,7 +139,7 @@ def test_spawn_tells_the_broker_to_expect_the_worker():
     h = Harness(max_requests=10)
     h.sup.start(0.0)
     (expect,) = h.take()
-    assert expect == f.Expect(h.worker().identity, b"svc", 10)
+    assert expect == f.Expect(h.worker().identity, b"svc", 10, 4)  # prefetch 4
     h.ready()
     assert str(h.slot().state) == "READY" and h.named(ev.WORKER_READY)
 
@@ -152,7 +161,7 @@ def test_start_timeout_dump_kill_backoff_fatal_and_retry():
     assert str(h.slot().state) == "BACKOFF" and h.slot().last_exit["by"] == "tacore"
     h.at(2.3)  # the backoff is over: a new worker
     second = h.worker()
-    assert second.pid != w.pid and h.facts[-1] == f.Expect(second.identity, b"svc", None)
+    assert second.pid != w.pid and h.facts[-1] == f.Expect(second.identity, b"svc", None, 4)
     h.at(3.3)  # its start times out too: a frozen worker cannot dump, so no wait
     h.system.frozen.add(second.pid)
     h.exit(second, 0)

@@ -229,7 +229,7 @@ class Broker(Liveness):
             if route is None:
                 route = self.routes[msg.service] = Route(msg.service, self.unconfigured, False)
         link = WorkerLink(msg.identity, route, msg.version, ours is None, now,
-                          ours.request_limit if ours else None)
+                          ours.request_limit if ours else None, ours.credit if ours else None)
         self.workers[msg.identity] = link
         route.workers += 1
         if ours is not None:
@@ -380,7 +380,7 @@ class Broker(Liveness):
         self.on_fact[type(fact)](self, fact, now)
 
     def _expect(self, fact: f.Expect, now: float) -> None:
-        self.expected[fact.identity] = Expected(fact.service, fact.request_limit)
+        self.expected[fact.identity] = Expected(fact.service, fact.request_limit, fact.credit)
 
     def _retire(self, fact: f.Retire, now: float) -> None:
         """No new request for this worker; a current one may still finish, then Drained."""

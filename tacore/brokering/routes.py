@@ -48,6 +48,7 @@ class Route:
         # The CURVE keys (z85) that may serve it as external workers; None: any allowed key.
         self.keys = frozenset(service.external_keys) or None
         self.checked = configured and service.handler is not None  # tacore's body convention
+        # (a command worker's replies pass as they are, like an external worker's)
 
     def answered(self, label: bytes, seconds: float) -> None:
         self.by_status[label] = self.by_status.get(label, 0) + 1
@@ -82,11 +83,11 @@ class WorkerLink:
                  "inflight", "capacity", "offered", "requests", "retiring", "request_limit")
 
     def __init__(self, identity: bytes, route: Route, version: int, external: bool, now: float,
-                 request_limit: int | None = None):
+                 request_limit: int | None = None, credit: int | None = None):
         self.identity, self.route, self.version, self.external = identity, route, version, external
         self.last_seen = self.registered = now
         self.inflight: deque[ClientRequest] = deque()  # in order; the first is running
-        self.capacity = 1 if external else route.prefetch
+        self.capacity = 1 if external else credit or route.prefetch
         self.offered: deque | None = None  # the route deque it waits in
         self.requests = 0
         self.retiring = False
@@ -101,10 +102,11 @@ class WorkerLink:
 class Expected:
     """One of our workers, forked but maybe not READY yet (``Expect``)."""
 
-    __slots__ = ("service", "request_limit", "retiring")
+    __slots__ = ("service", "request_limit", "credit", "retiring")
 
-    def __init__(self, service: bytes, request_limit: int | None):
-        self.service, self.request_limit, self.retiring = service, request_limit, False
+    def __init__(self, service: bytes, request_limit: int | None, credit: int | None = None):
+        self.service, self.request_limit, self.credit = service, request_limit, credit
+        self.retiring = False
 
 
 def admission(service: bytes, route: "Route | None", key: str | None, broker) -> str:

@@ -22,7 +22,7 @@ class WorkerSpec:
     service: str
     slot: int
     identity: bytes
-    handler: str
+    handler: str | None  # a Python service, or
     config: dict
     backend: str
     heartbeat_interval: float
@@ -32,3 +32,6 @@ class WorkerSpec:
     log_level: str
     log_format: str
     curve: dict | None = None  # CURVE client options for a protected backend
+    command: list | None = None  # any program, exec'd (handler is None then)
+    cwd: str | None = None
+    env: dict | None = None

@@ -78,8 +78,9 @@ class Moves:
         entry = self.services.get(service)
         if entry is None or entry.removing:
             raise KeyError(f"no service {service!r}; known: {', '.join(self.services)}")
-        if count and entry.config.handler is None:
-            raise ValueError(f"service {service!r} has no handler: only external workers serve it")
+        if count and entry.config.handler is None and entry.config.command is None:
+            raise ValueError(f"service {service!r} has no handler or command: only external "
+                             "workers serve it")
         entry.desired = count
         live = sorted(entry.live(), key=lambda s: s.index)
         added = []

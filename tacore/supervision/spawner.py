@@ -78,6 +78,7 @@ class WorkerProcess:
     killed: bool = False
     output: dict = field(default_factory=dict)  # "stdout"/"stderr" -> its pipe's read end
     readers: list = field(default_factory=list)  # the supervisor's OutputReaders of them
+    group: bool = False  # a command worker: its own process group, signalled as a whole
 
 
 class Spawner:
@@ -151,6 +152,7 @@ class Spawner:
             ps = None  # already gone: its pidfd will say so
         return WorkerProcess(pid=pid, identity=fields["identity"], sentinel=pidfd,
                              stack=StackReader(stack_r), output={"stdout": out_r, "stderr": err_r},
+                             group=bool(fields.get("command")),
                              started=min(message["forked_at"], now),
                              spawn_seconds=time.perf_counter() - began, ps=ps)
 
@@ -316,9 +318,10 @@ def _fork(sock: socket.socket, seq: int, fields: dict, private: tuple[int, int])
     if pid == 0:
         os.dup2(out_w, 1)  # the worker's stdout and stderr: pipes the daemon reads
         os.dup2(err_w, 2)
-        _child(sock, WorkerSpec(**_from_json(fields), stack_fd=stack_w,
-                                parent_pid=os.getppid()), private,
-               (stack_r, out_r, out_w, err_r, err_w))
+        spec = WorkerSpec(**_from_json(fields), stack_fd=stack_w, parent_pid=os.getppid())
+        if spec.command:
+            _exec(spec)
+        _child(sock, spec, private, (stack_r, out_r, out_w, err_r, err_w))
     forked_at = time.monotonic()
     for fd in (stack_w, out_w, err_w):
         os.close(fd)
@@ -358,6 +361,50 @@ def _child(sock, spec, private: tuple[int, int], others: tuple[int, ...]) -> Non
             os._exit(code)
 
 
+def _exec(spec) -> None:
+    """In the new worker: become ``spec.command``, in a process group of its own (so a stop
+    reaches everything it starts), dying with the spawner (PDEATHSIG survives exec), with
+    the backend, service, identity and heartbeat settings in its environment."""
+    import ctypes
+
+    try:
+        os.setpgid(0, 0)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != spec.parent_pid:
+            os._exit(1)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)  # (ignored dispositions survive exec)
+        os.set_inheritable(spec.stack_fd, True)
+        keep = {0, 1, 2, spec.stack_fd}
+        for fd in range(3, max(keep) + 1):
+            if fd not in keep:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        os.closerange(max(keep) + 1, os.sysconf("SC_OPEN_MAX"))
+        env = {**os.environ, **(spec.env or {}), **command_environment(spec)}
+        if spec.cwd:
+            os.chdir(spec.cwd)
+        os.execvpe(spec.command[0], spec.command, env)
+    except BaseException as e:
+        os.write(2, f"tacore: cannot run {spec.command!r}: {e}\n".encode(errors="replace"))
+    os._exit(127)
+
+
+def command_environment(spec) -> dict:
+    """What a command worker is told (documented in the README, "Workers in any language")."""
+    env = {"TACORE_BACKEND": spec.backend, "TACORE_SERVICE": spec.service,
+           "TACORE_WORKER_IDENTITY": spec.identity.decode("ascii"),
+           "TACORE_HEARTBEAT_INTERVAL": repr(spec.heartbeat_interval),
+           "TACORE_HEARTBEAT_LIVENESS": str(spec.heartbeat_liveness),
+           "TACORE_STACK_FD": str(spec.stack_fd)}
+    for option, value in (spec.curve or {}).items():  # curve_serverkey, _publickey, _secretkey
+        env[f"TACORE_{option.upper()}"] = value.decode("ascii")
+    return env
+
+
 def _report_exits(sock: socket.socket) -> None:
     while True:
         try:
@@ -383,6 +430,49 @@ class System:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass  # it exited already; its pidfd will tell the loop
+
+    @classmethod
+    def signal(cls, w: WorkerProcess, sig: int) -> None:
+        """To the worker, or to its whole process group (a command worker's children too)."""
+        cls.kill(-w.pid if w.group else w.pid, sig)
+
+    @staticmethod
+    def catches(pid: int, sig: int) -> bool:
+        """Whether the process has a handler for ``sig`` (SigCgt in /proc/PID/status)."""
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+        except (OSError, StopIteration, ValueError):
+            return False
+        return bool(mask & (1 << (sig - 1)))
+
+    @staticmethod
+    def proc_view(pid: int) -> tuple[str, str | None]:
+        """What /proc shows of a process tacore cannot ask for its stack: each thread's state,
+        the kernel function it waits in (wchan) and its current system call; and where the
+        main thread is, as blocked_at."""
+        lines, where = [f"/proc view of pid {pid} (no stack: the program did not register "
+                        "one on SIGUSR1)"], None
+        try:
+            tasks = sorted(os.listdir(f"/proc/{pid}/task"), key=int)
+        except OSError as e:
+            return f"/proc view unavailable: {e}", None
+        for tid in tasks:
+            base = f"/proc/{pid}/task/{tid}"
+            try:
+                stat = open(f"{base}/stat").read()
+                name = stat[stat.index("(") + 1:stat.rindex(")")]
+                state = stat[stat.rindex(")") + 2]
+                wchan = open(f"{base}/wchan").read().strip() or "-"
+                call = open(f"{base}/syscall").read().split()
+            except OSError:
+                continue
+            syscall = "running" if call[:1] == ["running"] else f"syscall {call[0]}" if call \
+                else "-"
+            lines.append(f"thread {tid} ({name}): state {state}, wchan {wchan}, {syscall}")
+            if tid == str(pid):
+                where = f"wchan {wchan}, {syscall}"
+        return "\n".join(lines), where
 
     @staticmethod
     def is_frozen(pid: int) -> bool:

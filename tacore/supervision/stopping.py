@@ -51,6 +51,8 @@ class Stopping:
             if self.system.is_frozen(w.pid):  # a stopped process runs no handler: do not wait
                 w.dump.deadline = now
                 w.frozen = True
+            elif w.group and not self.system.catches(w.pid, DUMP_SIGNAL):
+                w.dump.deadline = now  # a program that did not ask for it: /proc only
             else:
                 w.stack.start_dump()
                 self.system.kill(w.pid, DUMP_SIGNAL)
@@ -63,6 +65,9 @@ class Stopping:
         w.dump = None
         raw = w.stack.buffer.decode(errors="replace")
         stack, blocked_at = annotate(raw, w.stack.main_ident) if raw else (None, None)
+        if w.group:  # a command worker: what /proc shows, and its own stack if it wrote one
+            view, where = self.system.proc_view(w.pid)
+            stack, blocked_at = (f"{stack}\n\n{view}" if stack else view), blocked_at or where
         stack = stack or ("unavailable: the process is stopped (SIGSTOP or a tracer)" if w.frozen
                           else "unavailable: no answer to the dump signal")
         for reply in dump.waiters:
@@ -82,14 +87,14 @@ class Stopping:
 
     def _terminate(self, slot: Slot, now: float) -> None:
         w = slot.worker
-        self.system.kill(w.pid, signal.SIGTERM)
+        self.system.signal(w, signal.SIGTERM)
         if w.frozen or self.system.is_frozen(w.pid):
-            self.system.kill(w.pid, signal.SIGCONT)  # let it run its SIGTERM handler
+            self.system.signal(w, signal.SIGCONT)  # let it run its SIGTERM handler
         w.kill_deadline = now + slot.service.stop_timeout
 
     def _kill(self, slot: Slot, now: float) -> None:
         w = slot.worker
-        self.system.kill(w.pid, signal.SIGKILL)
+        self.system.signal(w, signal.SIGKILL)
         w.killed = True
         self.emit(Event(ev.WORKER_KILLED, slot.context(
             reason=w.stop_reason,

@@ -194,7 +194,7 @@ class Supervisor(Moves, Stopping):
         """Second interrupt during shutdown: SIGKILL every worker now."""
         for slot in self.all_slots():
             if slot.worker is not None:
-                self.system.kill(slot.worker.pid, signal.SIGKILL)
+                self.system.signal(slot.worker, signal.SIGKILL)
                 slot.worker.killed = True
 
     def all_stopped(self) -> bool:
@@ -231,7 +231,8 @@ class Supervisor(Moves, Stopping):
                       heartbeat_liveness=broker.heartbeat_liveness,
                       curve=self.worker_curve,
                       log_level=self.config.daemon.log_level,
-                      log_format=self.config.daemon.log_format)
+                      log_format=self.config.daemon.log_format,
+                      command=list(s.command) if s.command else None, cwd=s.cwd, env=s.env)
         slot.backoff_until = None
         try:
             w = self.spawner.spawn(fields, now)
@@ -243,7 +244,9 @@ class Supervisor(Moves, Stopping):
         slot.worker, slot.spawns = w, slot.spawns + 1
         slot.new_process()
         self.by_identity[identity] = slot
-        self.facts.append(f.Expect(identity, s.name.encode(), slot.request_limit))
+        # A program speaking plain Majordomo takes one request at a time; ours, prefetch.
+        self.facts.append(f.Expect(identity, s.name.encode(), slot.request_limit,
+                                   1 if s.command else s.prefetch))
         self.watch(w.sentinel, lambda now: self._on_exit(slot, w, now))
         self.watch(w.stack.fd, lambda now: self._on_stack(w, now))
         w.readers = [OutputReader(fd, stream, w.pid, slot.ring, self._output_of(slot, w.pid))

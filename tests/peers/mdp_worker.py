@@ -2,6 +2,11 @@
 process of its own so that tests can SIGKILL it. No tacore code.
 
     python -m tests.peers.mdp_worker ENDPOINT SERVICE VERSION [INTERVAL]
+    python -m tests.peers.mdp_worker          (as a tacore command worker: the settings come
+                                               from TACORE_BACKEND, TACORE_SERVICE,
+                                               TACORE_WORKER_IDENTITY, TACORE_HEARTBEAT_INTERVAL;
+                                               PEER_MDP_VERSION picks 1 or 2; PEER_HANG_BEFORE_READY
+                                               blocks for good before READY)
 
 It says READY, prints "ready" on stdout, then serves: a request whose first body frame is
 "hang" blocks for good without reading its socket (as a worker busy in a long call does);
@@ -9,6 +14,7 @@ It says READY, prints "ready" on stdout, then serves: a request whose first body
 "200" frame. It heartbeats every INTERVAL seconds while idle, and exits on DISCONNECT.
 """
 
+import os
 import sys
 import time
 
@@ -21,13 +27,16 @@ COMMANDS = {1: {"ready": b"\x01", "request": b"\x02", "reply": b"\x03", "heartbe
                 "disconnect": b"\x06"}}
 
 
-def main(endpoint: str, service: str, version: int, interval: float) -> None:
+def main(endpoint: str, service: str, version: int, interval: float,
+         identity: bytes | None = None) -> None:
     header = [b"", b"MDPW01"] if version == 1 else [b"MDPW02"]
     codes = COMMANDS[version]
     reply = codes["reply" if version == 1 else "final"]
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if identity:
+        sock.setsockopt(zmq.IDENTITY, identity)
     sock.connect(endpoint)
     sock.send_multipart([*header, codes["ready"], service.encode()])
     print("ready", flush=True)
@@ -50,5 +59,14 @@ def main(endpoint: str, service: str, version: int, interval: float) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]) if len(sys.argv) > 4
-         else 1.0)
+    if len(sys.argv) > 1:
+        main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]) if len(sys.argv) > 4
+             else 1.0)
+    else:
+        env = os.environ
+        if env.get("PEER_HANG_BEFORE_READY"):
+            print("connecting to a dependency that never answers", flush=True)
+            while True:
+                time.sleep(3600)
+        main(env["TACORE_BACKEND"], env["TACORE_SERVICE"], int(env.get("PEER_MDP_VERSION", "1")),
+             float(env["TACORE_HEARTBEAT_INTERVAL"]), env["TACORE_WORKER_IDENTITY"].encode())
