@@ -34,6 +34,9 @@ def test_a_command_worker_is_started_and_serves(start_daemon, version):
     assert os.getpgid(process.pid) == process.pid  # a process group of its own
     assert process.environ()["TACORE_SERVICE"] == "prog"
     assert any(x["line"] == "ready" for x in d.call("logs", target="prog/0"))  # its stdout
+    dump = d.call("dump", target="prog/1")  # what /proc shows: it registered no stack dump
+    assert dump["pid"] == workers[1]["pid"] and "/proc view of pid" in dump["stack"]
+    assert dump["blocked_at"].startswith("wchan")
 
 
 def test_a_command_worker_killed_mid_request_is_502_and_restarted(start_daemon):
@@ -88,3 +91,45 @@ def test_handler_and_command_exclude_each_other(tmp_path):
         "\n".join(e.value.errors)
     assert any("[services.y] command: must be a program and its arguments" in line
                for line in e.value.errors)
+
+
+NODE_PATH = os.environ.get("TACORE_NODE_PATH", str(ROOT / ".node" / "node_modules"))
+
+
+def _node_with_zeromq() -> str | None:
+    """Why a Node worker cannot run here, or None if it can."""
+    import shutil
+    import subprocess
+
+    if shutil.which("node") is None:
+        return "no node on PATH"
+    probe = subprocess.run(["node", "-e", "require('zeromq')"], capture_output=True,
+                           env={**os.environ, "NODE_PATH": NODE_PATH}, timeout=30)
+    if probe.returncode:
+        return (f"the npm package zeromq is not under {NODE_PATH} "
+                "(npm install --prefix .node zeromq@6; .ci/run does it)")
+    return None
+
+
+def test_a_node_program_is_a_supervised_worker(start_daemon):
+    missing = _node_with_zeromq()
+    if missing:
+        pytest.skip(missing)
+    d = start_daemon({"js": {"command": ["node", str(ROOT / "tests/peers/mdp_worker.js")],
+                             "env": {"NODE_PATH": NODE_PATH}, "request_timeout": 30}})
+    assert v1_call(frontend(d), b"js", [b"hi"]) == [b"MDPC01", b"js", b"200", b"hi"]
+    print("node worker fork -> READY (s):",
+          d.events("worker.ready", service="js")[0]["startup_seconds"])
+    pid = d.workers("js")[0]["pid"]
+    import threading
+    result = {}
+    t = threading.Thread(target=lambda: result.update(
+        reply=v1_call(frontend(d), b"js", [b"hang"], timeout=10)))
+    t.start()
+    wait_until(lambda: d.workers("js")[0]["state"] == "BUSY", 5, "busy")
+    os.kill(pid, signal.SIGKILL)
+    t.join(10)
+    assert result["reply"][2] == b"502"
+    wait_until(lambda: (w := d.workers("js")[0])["state"] == "READY" and w["pid"] != pid,
+               10, "a new node worker")
+    assert any(x["line"] == "node worker ready" for x in d.call("logs", target="js/0"))
