@@ -5,6 +5,7 @@ separate interpreter that knows nothing of tacore but the documented environment
 import os
 import signal
 import sys
+import threading
 import time
 
 import psutil
@@ -41,19 +42,24 @@ def test_a_command_worker_is_started_and_serves(start_daemon, version):
 
 def test_a_command_worker_killed_mid_request_is_502_and_restarted(start_daemon):
     d = start_daemon({"prog": {"command": PEER, "cwd": str(ROOT), "request_timeout": 30}})
-    pid = d.workers("prog")[0]["pid"]
-    import threading
+    killed_mid_request_is_502_and_replaced(d, "prog")
+    assert d.events("worker.backoff", service="prog")
+
+
+def killed_mid_request_is_502_and_replaced(d, service: str) -> None:
+    """SIGKILL the service's worker while it runs a request that never ends: the client gets
+    "502" and a new worker is READY."""
+    pid = d.workers(service)[0]["pid"]
     result = {}
     t = threading.Thread(target=lambda: result.update(
-        reply=v1_call(frontend(d), b"prog", [b"hang"], timeout=10)))
+        reply=v1_call(frontend(d), service.encode(), [b"hang"], timeout=10)))
     t.start()
-    wait_until(lambda: d.workers("prog")[0]["state"] == "BUSY", 5, "busy")
+    wait_until(lambda: d.workers(service)[0]["state"] == "BUSY", 5, "busy")
     os.kill(pid, signal.SIGKILL)
     t.join(10)
     assert result["reply"][2] == b"502"
-    wait_until(lambda: (w := d.workers("prog")[0])["state"] == "READY" and w["pid"] != pid,
+    wait_until(lambda: (w := d.workers(service)[0])["state"] == "READY" and w["pid"] != pid,
                10, "a new worker")
-    assert d.events("worker.backoff", service="prog")
 
 
 def test_a_command_worker_blocked_before_ready_shows_its_proc_view(start_daemon):
@@ -65,6 +71,15 @@ def test_a_command_worker_blocked_before_ready_shows_its_proc_view(start_daemon)
     assert "connecting to a dependency that never answers" in event["output"]
     exited = d.wait_event("worker.exited", service="prog")[0]
     assert exited["reason"] == "start_timeout" and exited["by"] == "tacore"
+
+
+def test_a_python_program_that_registers_faulthandler_gets_its_stack_too(start_daemon):
+    d = start_daemon({"prog": {"command": PEER, "cwd": str(ROOT), "start_timeout": 1,
+                               "env": {"PEER_HANG_BEFORE_READY": "1", "PEER_FAULTHANDLER": "1"}}},
+                     wait_ready=False)
+    event = d.wait_event("worker.start_timeout", service="prog")[0]
+    assert "mdp_worker.py" in event["stack"] and "time.sleep(3600)" in event["stack"]
+    assert "/proc view of pid" in event["stack"]
 
 
 def test_sigkill_of_the_daemon_leaves_no_command_worker(start_daemon):
@@ -120,16 +135,5 @@ def test_a_node_program_is_a_supervised_worker(start_daemon):
     assert v1_call(frontend(d), b"js", [b"hi"]) == [b"MDPC01", b"js", b"200", b"hi"]
     print("node worker fork -> READY (s):",
           d.events("worker.ready", service="js")[0]["startup_seconds"])
-    pid = d.workers("js")[0]["pid"]
-    import threading
-    result = {}
-    t = threading.Thread(target=lambda: result.update(
-        reply=v1_call(frontend(d), b"js", [b"hang"], timeout=10)))
-    t.start()
-    wait_until(lambda: d.workers("js")[0]["state"] == "BUSY", 5, "busy")
-    os.kill(pid, signal.SIGKILL)
-    t.join(10)
-    assert result["reply"][2] == b"502"
-    wait_until(lambda: (w := d.workers("js")[0])["state"] == "READY" and w["pid"] != pid,
-               10, "a new node worker")
+    killed_mid_request_is_502_and_replaced(d, "js")
     assert any(x["line"] == "node worker ready" for x in d.call("logs", target="js/0"))

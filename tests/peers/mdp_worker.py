@@ -6,7 +6,8 @@ process of its own so that tests can SIGKILL it. No tacore code.
                                                from TACORE_BACKEND, TACORE_SERVICE,
                                                TACORE_WORKER_IDENTITY, TACORE_HEARTBEAT_INTERVAL;
                                                PEER_MDP_VERSION picks 1 or 2; PEER_HANG_BEFORE_READY
-                                               blocks for good before READY)
+                                               blocks for good before READY; PEER_FAULTHANDLER
+                                               registers a stack dump on TACORE_STACK_FD)
 
 It says READY, prints "ready" on stdout, then serves: a request whose first body frame is
 "hang" blocks for good without reading its socket (as a worker busy in a long call does);
@@ -64,6 +65,11 @@ if __name__ == "__main__":
              else 1.0)
     else:
         env = os.environ
+        if env.get("PEER_FAULTHANDLER"):  # the one line the README documents
+            import faulthandler
+            import signal
+            faulthandler.register(signal.SIGUSR1, file=int(env["TACORE_STACK_FD"]),
+                                  all_threads=True)
         if env.get("PEER_HANG_BEFORE_READY"):
             print("connecting to a dependency that never answers", flush=True)
             while True:
