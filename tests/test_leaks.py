@@ -6,6 +6,8 @@ import pytest
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(180)
+# What the daemon holds per live worker: its pidfd, stack pipe, stdout and stderr pipes.
+FDS_PER_WORKER = 4
 
 
 def figures(pid: int) -> dict:
@@ -32,6 +34,7 @@ def test_a_thousand_restarts_leak_nothing(start_daemon):
     wait_until(lambda: len(d.worker_processes()) == 2, 10, "two live workers at a moment")
     after = figures(d.proc.pid)
     print(before, after)
-    assert abs(after["fds"] - before["fds"]) <= 4, (before, after)  # 0-2 workers mid-restart
+    # Either moment may catch 0-2 workers mid-restart, each with its descriptors:
+    assert abs(after["fds"] - before["fds"]) <= 2 * FDS_PER_WORKER, (before, after)
     assert after["threads"] == before["threads"]
     assert after["rss"] < before["rss"] + 8 * 2**20, (before, after)
