@@ -33,3 +33,15 @@ def test_over_the_limit_lines_are_counted_not_kept_and_reported_once():
     assert got[-2] == (None, {"dropped": 7}) and got[-1] == ("cd", None)
     rd.flush(1.3)
     assert rd.dropped == 0
+
+
+def test_a_ring_is_bounded_in_lines_and_in_bytes():
+    from tacore.supervision.output import RING, RING_BYTES
+
+    ring = Ring()
+    for i in range(RING + 10):
+        ring.add(1, "stdout", str(i))
+    assert len(ring.lines) == RING and ring.lines[-1][4] == str(RING + 9)
+    for _ in range(200):
+        ring.add(1, "stdout", "x" * MAX_LINE)
+    assert ring.size <= RING_BYTES and ring.size == sum(len(e[4]) for e in ring.lines)

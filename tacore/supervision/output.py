@@ -20,21 +20,27 @@ from collections import deque
 READ_SIZE = 65536
 MAX_LINE = 8192  # bytes; the rest of a longer line is dropped (the line says so)
 LINES_PER_SECOND = 1000  # per worker; more are dropped and counted
-RING = 500  # lines kept per slot, across its restarts
+RING = 500  # lines kept per slot, across its restarts...
+RING_BYTES = 256 * 1024  # ...and at most this much text (64 slots: 16 MiB at worst)
 TAIL = 20  # lines attached to worker.exited, worker.start_timeout and worker.fatal
 
 
 class Ring:
-    """A slot's recent output: (seq, wall time, pid, stream, line), oldest first."""
+    """A slot's recent output: (seq, wall time, pid, stream, line), oldest first; at most
+    RING lines and RING_BYTES of text."""
 
     sequence = 0  # one counter for all rings, so `logs -f` can ask for "after N"
 
     def __init__(self):
-        self.lines: deque = deque(maxlen=RING)
+        self.lines: deque = deque()
+        self.size = 0
 
     def add(self, pid: int, stream: str, line: str) -> None:
         Ring.sequence += 1
         self.lines.append((Ring.sequence, time.time(), pid, stream, line))
+        self.size += len(line)
+        while len(self.lines) > RING or self.size > RING_BYTES:
+            self.size -= len(self.lines.popleft()[4])
 
     def tail(self, count: int = TAIL) -> list[str]:
         return [entry[4] for entry in list(self.lines)[-count:]]
