@@ -74,7 +74,7 @@ class Broker(Liveness):
         self.next_heartbeat = float("inf")  # set by start()
         self.next_expiry = float("inf")  # earliest queue or request deadline, maybe early
         self.complaints = RateLimit(COMPLAINTS_PER_SECOND)
-        self.commands = {mdp.READY: self._ready, mdp.HEARTBEAT: self._heartbeat,
+        self.commands = {mdp.HEARTBEAT: self._heartbeat,  # (READY: _ready, with the key)
                          mdp.DISCONNECT: self._disconnect, mdp.REPLY: self._reply,
                          mdp.PARTIAL: self._partial}
         self.configure(broker, services, 0.0)

@@ -45,7 +45,6 @@ class Slot:
         self.drain: Drain | None = None
         self.replaces: Slot | None = None  # the slot this one takes over once READY
         self.replaced_by: Slot | None = None
-        self.served = 0  # requests answered by the current process
         self.request_limit: int | None = None  # max_requests with its jitter, per process
         self.figures: dict = {}  # sampled: cpu_percent, rss_bytes, threads, fds
 
@@ -60,7 +59,6 @@ class Slot:
     def new_process(self) -> None:
         """Per-process counters start again; the recycling limit gets its own jitter."""
         s = self.service
-        self.served = 0
         self.figures = {}
         self.ready_at = None
         self.request_limit = (s.max_requests + random.randint(0, s.max_requests_jitter)

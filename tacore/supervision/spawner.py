@@ -18,7 +18,7 @@ Messages are one JSON object per datagram, descriptors travel as SCM_RIGHTS:
                        {"spawn": SEQ, "spec": {...}}             a WorkerSpec's fields
     spawner → daemon   {"ready": PID}                            preloading done
                        {"spawned": SEQ, "pid": PID, "forked_at": MONOTONIC}
-                         + [pidfd, stack pipe's read end]
+                         + [pidfd, the read ends of the stack, stdout and stderr pipes]
                        {"spawned": SEQ, "error": "..."}          the fork failed
                        {"exited": PID, "status": WAITSTATUS}     it reaped a worker
 
