@@ -178,6 +178,11 @@ def public_key_list(value):
     return tuple(keys)
 
 
+def public_key_file(value):
+    """One public key file (NAME.key, from ``tacorectl keygen``); its z85 key."""
+    return public_key_list([value] if isinstance(value, str) else value)[0]
+
+
 def key_directory(value):
     path = Path(string(value)).expanduser()
     if not path.is_dir():
@@ -359,6 +364,15 @@ class ControlConfig:
 
 
 @dataclass(frozen=True)
+class NodeConfig:
+    curve_secret_key: str | None = key(
+        None, secret_key_file,
+        "the key pair (`NAME.key_secret`) this daemon's workers present to the upstream "
+        "brokers of services with `broker` (below); the upstream daemon authorizes the public "
+        "`NAME.key` and shows its workers with node `NAME`", restart=True)
+
+
+@dataclass(frozen=True)
 class StateConfig:
     enabled: bool = key(True, boolean,
                         "keep events and samples in `state_dir/tacore.db` (SQLite)", restart=True)
@@ -396,6 +410,15 @@ class ServiceConfig:
                           "the configuration file)", shown="the daemon's")
     env: dict = key({}, string_table, "variables added to a `command` worker's environment",
                     shown="none")
+    broker: str | None = key(
+        None, zmq_endpoint,
+        "node mode: the workers, supervised here as usual, serve this upstream daemon's "
+        "backend (`tcp://HOST:PORT`) instead of this daemon's clients: each READY worker gets "
+        "one registration there (see Several hosts)", note="off")
+    broker_key: str | None = key(
+        None, public_key_file,
+        "the upstream daemon's public key file (`NAME.key`), for CURVE with `[node] "
+        "curve_secret_key`; required unless `broker` is on loopback")
     workers: int = key(
         1, _integer(0),
         "worker processes (slots numbered from 0); `0`: a service only external workers serve, "
@@ -477,7 +500,7 @@ def keys_of(section: type) -> dict[str, Key]:
 
 # Each table of the file, and the dataclass it is read into.
 TABLES = {"daemon": DaemonConfig, "broker": BrokerConfig, "control": ControlConfig,
-          "state": StateConfig, "http": HttpConfig}
+          "node": NodeConfig, "state": StateConfig, "http": HttpConfig}
 SERVICE_KEYS = keys_of(ServiceConfig)
 SECTIONS = (*TABLES, "services")
 # Settings a running daemon cannot change: its sockets and directories are bound and made.
@@ -494,6 +517,7 @@ class Config:
     state: StateConfig
     http: HttpConfig
     services: dict[str, ServiceConfig]
+    node: NodeConfig = NodeConfig()
 
     def as_dict(self) -> dict:
         """The effective configuration, as plain data (for ``tacored --check``)."""
@@ -502,6 +526,7 @@ class Config:
             "daemon": _plain(self.daemon),
             "broker": _plain(self.broker),
             "control": _plain(self.control),
+            "node": _plain(self.node),
             "state": _plain(self.state),
             "http": _plain(self.http),
             "services": {name: _plain(s) for name, s in self.services.items()},
@@ -616,7 +641,7 @@ def load(path, env=os.environ, load_handler: Callable[[str], Callable] | None = 
     _check_duplicates(report, broker, control)
     _check_exposure(report, broker, control)
     daemon_ok = not any(line.startswith(f"{path}: [daemon] python_path") for line in report.lines)
-    services = _services(report, data.get("services", {}), broker)
+    services = _services(report, data.get("services", {}), broker, tables["node"])
     if load_handler is not None and daemon_ok:  # every handler is tried: one pass finds all
         _extend_sys_path(daemon.python_path)
         for service in services.values():
@@ -624,7 +649,7 @@ def load(path, env=os.environ, load_handler: Callable[[str], Callable] | None = 
     if report.lines:
         raise ConfigError(report.lines)
     return Config(path, daemon, broker, control, StateConfig(**tables["state"]),
-                  HttpConfig(**tables["http"]), services)
+                  HttpConfig(**tables["http"]), services, NodeConfig(**tables["node"]))
 
 
 def _daemon(path: Path, values: dict, env) -> DaemonConfig:
@@ -679,7 +704,8 @@ def _check_duplicates(report, broker, control):
         seen.setdefault(value, where)
 
 
-def _services(report: _Report, raw, broker: BrokerConfig) -> dict[str, ServiceConfig]:
+def _services(report: _Report, raw, broker: BrokerConfig,
+              node: dict) -> dict[str, ServiceConfig]:
     if not isinstance(raw, dict):
         report.add("services", None, "must be a table of services", "write [services.NAME]")
         return {}
@@ -719,6 +745,7 @@ def _services(report: _Report, raw, broker: BrokerConfig) -> dict[str, ServiceCo
         if service.external_keys and not service.external:
             report.add(section, "external_keys", "is set but external is false",
                        "set external = true, or remove external_keys")
+        _check_node(report, section, service, node)
         if service.min_ready > service.workers:
             report.add(section, "min_ready",
                        f"is {service.min_ready} but the service has only {service.workers} workers",
@@ -728,6 +755,24 @@ def _services(report: _Report, raw, broker: BrokerConfig) -> dict[str, ServiceCo
                        f"({service.backoff_initial})", "raise backoff_max")
         services[name] = service
     return services
+
+
+def _check_node(report: _Report, section: str, service: ServiceConfig, node: dict) -> None:
+    """A service that serves an upstream broker: its own workers, and CURVE off loopback."""
+    if service.broker is None:
+        if service.broker_key is not None:
+            report.add(section, "broker_key", "is set but broker is not", "set broker, or "
+                       "remove broker_key")
+        return
+    if service.workers == 0:
+        report.add(section, "workers", "is 0 but broker is set: a node serves an upstream "
+                   "broker with workers of its own", "set workers > 0")
+    if (service.broker_key is None) != (node.get("curve_secret_key") is None):
+        report.add(section, "broker_key", "broker_key and [node] curve_secret_key go together",
+                   "set both (tacorectl keygen), or neither for a loopback broker")
+    elif service.broker_key is None and not is_loopback(service.broker):
+        report.add(section, "broker", f"{service.broker!r} is on another host: CURVE is needed",
+                   "set broker_key and [node] curve_secret_key (tacorectl keygen)")
 
 
 def _extend_sys_path(paths):

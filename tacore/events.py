@@ -39,6 +39,10 @@ WORKER_REFUSED = "worker.refused"  # an external worker not admitted to a servic
 BAD_REPLY = "worker.bad_reply"  # a reply that breaks tacore's body convention
 WORKER_OUTPUT = "worker.output"  # a line a worker wrote to stdout or stderr
 WORKER_OUTPUT_DROPPED = "worker.output_dropped"  # lines over the rate limit, counted
+UPLINK_REGISTERED = "uplink.registered"  # node mode: the upstream broker heard our READY
+UPLINK_LOST = "uplink.lost"  # ...went silent or said DISCONNECT: joining again
+UPLINK_LEFT = "uplink.left"  # ...our worker left, so its registration did
+UPLINK_REFUSED = "uplink.refused"  # ...refused the handshake (a wrong key)
 PROTOCOL_ERROR = "protocol.error"
 REQUEST_TIMEOUT = "request.timeout"
 CONTROL_ERROR = "control.error"
@@ -48,7 +52,7 @@ STATE_NOTICE = "state.notice"
 # Events an operator must see even at log_level = "warning".
 WARNING = frozenset({WORKER_START_TIMEOUT, WORKER_HEARTBEAT_TIMEOUT, REQUEST_TIMEOUT, WORKER_KILLED, WORKER_BACKOFF,
                      PROTOCOL_ERROR, CONTROL_ERROR, AUTH_REFUSED, WORKER_LOST, WORKER_REFUSED,
-                     WORKER_OUTPUT_DROPPED,
+                     WORKER_OUTPUT_DROPPED, UPLINK_LOST,
                      BAD_REPLY})
 ERROR = frozenset({WORKER_FATAL, WORKER_REPLACE_FAILED, DAEMON_RELOAD_FAILED})
 DEBUG = frozenset({WORKER_STATE})

@@ -15,6 +15,9 @@ from typing import Iterable
 # holds a request: the router's to know, not a lifecycle state).
 SERVING = ("READY", "BUSY")
 FATAL = "FATAL"
+# Node mode: a worker READY here whose registration with the upstream broker is not (yet, or
+# any more) acknowledged. Not serving; but start-up is over for systemd's readiness.
+CONNECTING = "CONNECTING"
 
 
 def ready(workers: Iterable[dict]) -> int:
@@ -67,7 +70,8 @@ def pool_summary(services: dict) -> tuple[str, bool]:
                                            if w["next_retry_in"] is not None else "")
                 for w in own if w["state"] == FATAL]
         fatal += dead
-        settled &= count >= service["min_ready"] or bool(dead)
+        started = sum(w["state"] in (*SERVING, CONNECTING) for w in own)
+        settled &= started >= service["min_ready"] or bool(dead)
     text = ", ".join(parts) + " ready" + (f"; FATAL: {', '.join(fatal)}" if fatal else "")
     return text, settled
 
@@ -82,6 +86,10 @@ def _detail(worker: dict) -> str:
         retry = worker.get("next_retry_in")
         return f": {worker['fatal_reason']}" + (
             f"; retried by itself in {retry:.0f}s" if retry is not None else "")
+    if worker["state"] == CONNECTING and worker.get("upstream"):
+        up = worker["upstream"]
+        why = f" ({up['refused']})" if up.get("refused") else ""
+        return f": not registered with {up['broker']} for {up['for']:.0f}s{why}"
     if worker["last_exit"]:
         return f" after {worker['last_exit']['reason']}"
     return ""

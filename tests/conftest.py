@@ -39,13 +39,13 @@ def toml_value(value) -> str:
 
 
 def write_config(path: Path, services: dict, daemon=None, broker=None, control=None,
-                 state=None, http=None) -> Path:
+                 state=None, http=None, **more) -> Path:
     """Write a config with fast test timings; ``services`` maps name -> keys."""
     sections = {"daemon": {"runtime_dir": str(path.parent / "run"), "log_format": "json",
                            "state_dir": str(path.parent / "state"),
                            "python_path": [str(ROOT)], **(daemon or {})},
                 "broker": {"heartbeat_interval": 0.2, **(broker or {})},
-                "control": control or {}, "state": state or {}, "http": http or {}}
+                "control": control or {}, "state": state or {}, "http": http or {}, **more}
     lines = []
     for name, keys in sections.items():
         lines.append(f"[{name}]")
@@ -62,12 +62,12 @@ def write_config(path: Path, services: dict, daemon=None, broker=None, control=N
 class RunningDaemon:
     """A real tacored process, its JSON log, and a control client."""
 
-    def __init__(self, config: Path, log: Path, env=None):
+    def __init__(self, config: Path, log: Path, env=None, prefix=()):
         self.config, self.log_path = config, log
         self.runtime = config.parent / "run"
         self.control = f"ipc://{self.runtime}/control.sock"
         self.log_file = open(log, "wb")
-        self.proc = subprocess.Popen(TACORED + ["--config", str(config)], cwd=ROOT,
+        self.proc = subprocess.Popen([*prefix, *TACORED, "--config", str(config)], cwd=ROOT,
                                      stdout=self.log_file, stderr=subprocess.STDOUT,
                                      start_new_session=True, env=env)
         self._offset, self._events = 0, []

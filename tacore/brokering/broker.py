@@ -230,10 +230,15 @@ class Broker(Liveness):
                 route = self.routes[msg.service] = Route(msg.service, self.unconfigured, False)
         link = WorkerLink(msg.identity, route, msg.version, ours is None, now,
                           ours.request_limit if ours else None, ours.credit if ours else None)
+        link.key = key
         self.workers[msg.identity] = link
         route.workers += 1
         if ours is not None:
             self.facts.append(f.Ready(msg.identity))
+        else:  # MDP has no acknowledgement: a HEARTBEAT at once tells it it is registered
+            self._probe(link, now)
+            if msg.identity not in self.workers:
+                return
         self._release(link, now)
 
     def _release(self, link: WorkerLink, now: float) -> None:
@@ -299,8 +304,10 @@ class Broker(Liveness):
             self.to_worker(mdp.worker_command(msg.identity, msg.version, mdp.DISCONNECT))
 
     def _disconnect(self, msg: mdp.WorkerMessage, link: WorkerLink | None, now: float) -> None:
+        """A worker leaves. One leaves when it holds no request, so a request it holds was
+        sent while it was leaving and never started: it goes to another worker."""
         if link is not None:
-            self._drop_link(link, now)
+            self._drop_link(link, now, started=False)
 
     def _refuse(self, msg: mdp.WorkerMessage, why: str, now: float,
                 event: str = ev.PROTOCOL_ERROR) -> None:

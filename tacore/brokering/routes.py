@@ -80,7 +80,8 @@ class WorkerLink:
     """What the broker knows of one registered worker."""
 
     __slots__ = ("identity", "route", "version", "external", "last_seen", "registered",
-                 "inflight", "capacity", "offered", "requests", "retiring", "request_limit")
+                 "inflight", "capacity", "offered", "requests", "retiring", "request_limit",
+                 "key")
 
     def __init__(self, identity: bytes, route: Route, version: int, external: bool, now: float,
                  request_limit: int | None = None, credit: int | None = None):
@@ -92,6 +93,7 @@ class WorkerLink:
         self.requests = 0
         self.retiring = False
         self.request_limit = request_limit  # ours: recycle after this many replies
+        self.key: str | None = None  # the CURVE key (z85) it connected with, if any
 
     @property
     def current(self) -> ClientRequest | None:

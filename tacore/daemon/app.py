@@ -21,8 +21,11 @@ import zmq
 
 from tacore import __version__
 from tacore import events as ev
+from tacore import facts as f
 from tacore.brokering.broker import Broker
+from tacore.brokering import uplink
 from tacore.brokering.frames import drain, send_or_drop, send_or_say
+from tacore.brokering.uplink import Uplinks
 from tacore import config as configuration
 from tacore.config import Config, kept_as_running, restart_needed
 from tacore.control.server import ControlServer
@@ -123,9 +126,14 @@ class Daemon:
             self.backend.setsockopt(zmq.HEARTBEAT_TIMEOUT, interval_ms * broker.heartbeat_liveness)
         self.control_sock = self._socket(zmq.ROUTER, [control.endpoint], "control", control,
                                          group=control.group)
-        self.broker = Broker(lambda frames: send_or_drop(self.frontend, frames),
-                             lambda frames: send_or_say(self.backend, frames), self.emit,
-                             broker, self.config.services)
+        # A reply's first frame is the client's address on the frontend, or a tagged return
+        # address (b"\0", tag, ...: never a ROUTER's 5-byte id, nor a client-set identity).
+        self.return_paths = {uplink.TAG: lambda frames: self.uplinks.reply(frames)}
+        self.broker = Broker(self._to_client, lambda frames: send_or_say(self.backend, frames),
+                             self.emit, broker, self.config.services)
+        self.uplinks = Uplinks(self.ctx, self.broker.from_client, self.emit, self._watch,
+                               self._unwatch)
+        self.uplinks.configure(self.config, time.monotonic())
         self.supervisor = Supervisor(
             self.config, self.emit, self._watch, self._unwatch, spawner=self.spawner,
             worker_curve=client_keys(broker.curve_secret_key) if broker.curve_secret_key else None)
@@ -141,6 +149,13 @@ class Daemon:
                                             "/healthz": self._http_health,
                                             "/status": self._http_status})
             self._watch(sock, self.http.on_readable)
+
+    def _to_client(self, frames: list) -> None:
+        address = frames[0]
+        if address[:1] == b"\0" and len(address) != 5:
+            self.return_paths[address[1]](frames)
+        else:
+            send_or_drop(self.frontend, frames)
 
     def _socket(self, kind: int, endpoints, what: str, keys=None, group=None) -> zmq.Socket:
         sock = self.ctx.socket(kind)
@@ -162,6 +177,8 @@ class Daemon:
             self.signals.close()
         if getattr(self, "frontend", None) is not None:
             self.frontend.close(linger=1000)  # let the last replies reach their clients
+        if getattr(self, "uplinks", None) is not None:
+            self.uplinks.close()  # DISCONNECT upstream, if a worker outlived the stop
         if self.guard is not None:
             self.guard.close()
         if self.ctx is not None:
@@ -179,7 +196,7 @@ class Daemon:
     def _wait_and_dispatch(self) -> None:
         now = time.monotonic()
         deadlines = [d for d in (self.supervisor.next_deadline(), self.broker.next_deadline(),
-                                 self.spawner_retry,
+                                 self.uplinks.next_deadline(), self.spawner_retry,
                                  self.next_sample, self.notifier.next_watchdog or None)
                      if d is not None]
         timeout = min([MAX_POLL] + [max(0.0, d - now) for d in deadlines])
@@ -241,14 +258,28 @@ class Daemon:
             facts, broker.facts = broker.facts, []
             for fact in facts:
                 supervisor.apply(fact, now)
+                if type(fact) is f.Ready:
+                    self._joined(fact.identity, now)
             facts, supervisor.facts = supervisor.facts, []
             for fact in facts:
                 broker.apply(fact, now)
+                if type(fact) is f.Retire or type(fact) is f.Gone:
+                    self.uplinks.leave(fact.identity, now)
+
+    def _joined(self, identity: bytes, now: float) -> None:
+        """Node mode: a READY worker of a service with ``broker`` registers upstream."""
+        link = self.broker.link(identity)
+        if link is not None:
+            service = link.route.name.decode()
+            if self.uplinks.serves_upstream(service):
+                self.uplinks.join(identity, service, now)
 
     def _fire_deadlines(self, now: float) -> None:
         if self.spawner_retry is not None and now >= self.spawner_retry:
             self._restart_spawner(now)
         self.broker.tick(now)
+        self._settle(now)
+        self.uplinks.tick(now)
         self._settle(now)
         self.supervisor.tick(now)
         self._settle(now)
@@ -345,6 +376,7 @@ class Daemon:
         config = kept_as_running(self.config, config)
         report = self.supervisor.reconfigure(config, now)
         self.broker.configure(config.broker, config.services, now)
+        self.uplinks.configure(config, now)
         self.config = config
         result = {"ok": True, **report, "not_applied": not_applied}
         self.emit(Event(ev.DAEMON_RELOAD, {"config": str(config.path), **result}))

@@ -10,6 +10,7 @@ daemon's key pair. Keys are made by ``tacorectl keygen``.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Callable
 
 import zmq
@@ -21,16 +22,35 @@ from tacore.events import Event
 
 
 class KeyDirectory:
-    """pyzmq's credentials provider: a key is allowed if it is in the directory (or ours)."""
+    """pyzmq's credentials provider: a key is allowed if it is in the directory (or ours).
+    ``names`` remembers each admitted key's file name (``b.key``: "b"), which status shows."""
 
-    def __init__(self, directory: str, own_public: bytes, emit: Callable[[Event], None]):
+    def __init__(self, directory: str, own_public: bytes, emit: Callable[[Event], None],
+                 names: dict[str, str]):
         self.directory, self.own_public, self.emit = directory, own_public, emit
+        self.names = names
 
     def callback(self, domain: str, key: bytes) -> bool:
-        allowed = key == self.own_public or key in zmq.auth.load_certificates(self.directory)
-        if not allowed:
+        if key == self.own_public:
+            return True
+        name = _named_keys(self.directory).get(key)
+        if name is None:
             self.emit(Event(ev.AUTH_REFUSED, {"domain": domain, "client_key": key.decode()}))
-        return allowed
+            return False
+        self.names[key.decode()] = name
+        return True
+
+
+def _named_keys(directory: str) -> dict[bytes, str]:
+    """The public keys of the ``*.key`` files in ``directory``, with each file's stem."""
+    keys = {}
+    for path in sorted(Path(directory).glob("*.key")):
+        try:
+            public, _ = zmq.auth.load_certificate(path)
+        except (OSError, ValueError):
+            continue  # (as zmq.auth.load_certificates: a broken file admits nobody)
+        keys[public] = path.stem
+    return keys
 
 
 class CurveGuard:
@@ -38,6 +58,7 @@ class CurveGuard:
 
     def __init__(self, ctx: zmq.Context, emit: Callable[[Event], None]):
         self.emit = emit
+        self.names: dict[str, str] = {}  # z85 key -> its file's name, once admitted
         self.auth = Authenticator(ctx, log=logging.getLogger("tacore.zap"))
         self.auth.start()
         self.socket = self.auth.zap_socket
@@ -47,7 +68,8 @@ class CurveGuard:
         public, secret = zmq.auth.load_certificate(secret_file)
         sock.curve_secretkey, sock.curve_publickey, sock.curve_server = secret, public, True
         sock.zap_domain = domain.encode()
-        self.auth.configure_curve_callback(domain, KeyDirectory(authorized, public, self.emit))
+        self.auth.configure_curve_callback(domain, KeyDirectory(authorized, public, self.emit,
+                                                                self.names))
 
     def on_readable(self, now: float) -> None:
         while True:

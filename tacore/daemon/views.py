@@ -12,18 +12,26 @@ NO_FIGURES = {"cpu_percent": None, "rss_bytes": None}
 
 def status(daemon, now: float) -> dict:
     services = {}
+    uplinks = daemon.uplinks
     for name, entry in daemon.supervisor.snapshot(now).items():
         identities = [s.worker.identity if s.worker else None
                       for s in daemon.supervisor.services[name].slots]
+        upstream = uplinks.serves_upstream(name)
         for worker, identity in zip(entry["workers"], identities):
             link = daemon.broker.link(identity) if identity else None
             worker.update(_link_view(link, now))
             if worker["state"] == "READY" and link is not None and link.inflight:
                 worker["state"] = "BUSY"  # busy is the broker's to know
+            if upstream:  # node mode: serving means registered upstream
+                worker["upstream"] = uplinks.view(identity, now) if identity else None
+                if worker["state"] in health.SERVING and not (
+                        worker["upstream"] and worker["upstream"]["registered"]):
+                    worker["state"] = health.CONNECTING
         service = entry["config"]
         services[name] = {"workers": entry["workers"], "configured": service.workers,
                           "desired": entry["desired"], "min_ready": service.min_ready,
                           "rolling": entry["rolling"], "removing": entry["removing"]}
+    names = daemon.guard.names if daemon.guard is not None else {}
     for link in daemon.broker.external_workers():
         name = link.route.name.decode(errors="replace")
         entry = services.setdefault(name, {"workers": [], "configured": 0, "desired": 0,
@@ -34,7 +42,8 @@ def status(daemon, now: float) -> dict:
             "state_for": None, "last_exit": None, "backoff_remaining": None,
             "fatal_reason": None, "next_retry_in": None,
             "draining": None, "replacing": False, **NO_FIGURES, "external": True,
-            "identity": link.identity.hex(), **_link_view(link, now)})
+            "identity": link.identity.hex(), "node": names.get(link.key),
+            **_link_view(link, now)})
     for name, entry in services.items():
         route = daemon.broker.routes.get(name.encode())
         entry["ready"] = health.ready(entry["workers"])
