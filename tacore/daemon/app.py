@@ -23,9 +23,9 @@ from tacore import __version__
 from tacore import events as ev
 from tacore import facts as f
 from tacore.brokering.broker import Broker
-from tacore.brokering import uplink
+from tacore.daemon import uplink
 from tacore.brokering.frames import drain, send_or_drop, send_or_say
-from tacore.brokering.uplink import Uplinks
+from tacore.daemon.uplink import Uplinks
 from tacore import config as configuration
 from tacore.config import Config, kept_as_running, restart_needed
 from tacore.control.server import ControlServer
