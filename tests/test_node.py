@@ -170,3 +170,49 @@ def test_a_node_key_and_the_upstream_key_on_loopback(pair):
     t0 = time.monotonic()
     assert ctl("--config", str(a.config), "call", "echo", "echo", "1").stdout.strip() == "1"
     assert time.monotonic() - t0 < 5
+
+
+def test_a_node_serves_a_majordomo_broker_written_from_the_spec(pair):
+    """An upstream that never acknowledges READY and heartbeats only idle workers; it is
+    restarted, and the node joins the new one by itself."""
+    import subprocess
+    import sys
+
+    import zmq
+
+    from tests.conftest import ROOT
+
+    def peer_broker():
+        proc = subprocess.Popen([sys.executable, "-m", "tests.peers.mdp_broker", pair.backend,
+                                 "--interval", "0.2"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "listening"
+        return proc
+
+    def call(body: bytes) -> list[bytes]:
+        with zmq.Context.instance().socket(zmq.REQ) as sock:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(pair.backend)  # the peer's one ROUTER takes clients too
+            sock.send_multipart([b"MDPC01", b"echo", body])
+            assert sock.poll(5000), "no reply through the peer broker"
+            return sock.recv_multipart()
+
+    def stop(proc):
+        proc.kill()
+        proc.wait(5)
+        proc.stdout.close()
+
+    upstream = peer_broker()
+    try:
+        b = pair.b(wait=False)
+        wait_until(lambda: serving(b, 2), 10, "B registered with the peer (its heartbeats)")
+        request = b'{"method": "echo", "params": 7}'
+        assert call(request) == [b"MDPC01", b"echo", b"200", b"7"]
+        stop(upstream)
+        wait_until(lambda: [w["state"] for w in workers(b)] == ["CONNECTING"] * 2, 10,
+                   "B to notice the silence")
+        upstream = peer_broker()
+        wait_until(lambda: serving(b, 2), 10, "B registered with the new peer")
+        assert call(request) == [b"MDPC01", b"echo", b"200", b"7"]
+        assert sum(w["requests"] for w in workers(b)) == 2
+    finally:
+        stop(upstream)

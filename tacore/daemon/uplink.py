@@ -29,7 +29,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from tacore import events as ev
 from tacore.brokering import protocol as mdp
-from tacore.brokering.frames import send_frames
+from tacore.brokering.frames import recv_frames, send_frames
 from tacore.events import Event
 
 TAG = 2  # the return-address tag of requests from upstream (see the daemon's _to_client)
@@ -193,7 +193,7 @@ class Uplinks:
     def _on_readable(self, link: Uplink, sock: zmq.Socket, now: float) -> None:
         while link.sock is sock:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(sock)
             except zmq.Again:
                 return
             link.last_heard = now
