@@ -120,7 +120,14 @@ class RunningDaemon:
 
     def worker_processes(self) -> list[psutil.Process]:
         """The workers: the spawner's children (the spawner is the daemon's only child)."""
-        return [p for p in self.children() if p.ppid() != self.proc.pid]
+        workers = []
+        for p in self.children():
+            try:
+                if p.ppid() != self.proc.pid:
+                    workers.append(p)
+            except psutil.NoSuchProcess:
+                pass  # it exited since children() listed it
+        return workers
 
     def kill(self):
         """Tear down: kill the whole process group, daemon and workers alike."""
