@@ -39,13 +39,14 @@ def toml_value(value) -> str:
 
 
 def write_config(path: Path, services: dict, daemon=None, broker=None, control=None,
-                 state=None, http=None) -> Path:
-    """Write a config with fast test timings; ``services`` maps name -> keys."""
+                 state=None, http=None, **more) -> Path:
+    """Write a config with fast test timings; ``services`` maps name -> keys; ``more``: other
+    sections, name -> keys."""
     sections = {"daemon": {"runtime_dir": str(path.parent / "run"), "log_format": "json",
                            "state_dir": str(path.parent / "state"),
                            "python_path": [str(ROOT)], **(daemon or {})},
                 "broker": {"heartbeat_interval": 0.2, **(broker or {})},
-                "control": control or {}, "state": state or {}, "http": http or {}}
+                "control": control or {}, "state": state or {}, "http": http or {}, **more}
     lines = []
     for name, keys in sections.items():
         lines.append(f"[{name}]")
