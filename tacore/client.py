@@ -34,8 +34,10 @@ succeeded, ``client.last_attempts`` has them (per thread).
 What is guaranteed: each daemon answers each attempt it received exactly once (a result or an
 error status). What is not: a retried call is at-least-once — an attempt that timed out may
 still have run, or may still be running, on the daemon that did not answer in time (a
-``"503"`` did not run) — so pass ``retries`` only for idempotent methods; a call that must
-not run twice must not be retried. A reply that arrives after its attempt's timeout is lost.
+``"503"`` did not run, except on a service with ``retry_on_failure``: there a request whose
+worker died is queued again, and may end in a ``"503"``) — so pass ``retries`` only for
+idempotent methods; a call that must not run twice must not be retried. A reply that arrives
+after its attempt's timeout is lost.
 
 A Client may be shared by threads: each thread gets its own sockets, and ``close()`` (or
 leaving a ``with Client(...)`` block) closes them all once the threads are done.
@@ -56,7 +58,7 @@ from tacore.control.client import curve_options
 
 __all__ = ["Client", "CallError", "CallTimeout", "AccessDenied", "Attempt"]
 
-RETRIED = "503"  # the one status that moves a call on: the request did not run
+RETRIED = "503"  # the one status that moves a call on: the request did not run (as a rule)
 
 
 class Attempt(NamedTuple):
