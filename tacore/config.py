@@ -183,6 +183,20 @@ def public_key_file(value):
     return public_key_list([value] if isinstance(value, str) else value)[0]
 
 
+def remote_endpoint_list(value):
+    """tcp:// endpoints for clients on other hosts; an empty list turns [remote] off."""
+    if not isinstance(value, list):
+        raise _Invalid(f"must be a list of endpoints, got {_type_name(value)} ({value!r})",
+                       'write e.g. ["tcp://0.0.0.0:5555"], or [] for none')
+    endpoints = tuple(zmq_endpoint(v) for v in value)
+    for endpoint in endpoints:
+        if endpoint.startswith("ipc://"):
+            raise _Invalid(f"{endpoint!r} is an ipc endpoint: [remote] is for clients on other "
+                           "hosts", "put ipc endpoints in [broker] frontend; here write "
+                           "tcp://HOST:PORT")
+    return endpoints
+
+
 def key_directory(value):
     path = Path(string(value)).expanduser()
     if not path.is_dir():
@@ -373,6 +387,23 @@ class NodeConfig:
 
 
 @dataclass(frozen=True)
+class RemoteConfig:
+    frontend: tuple[str, ...] = key(
+        (), remote_endpoint_list,
+        "tcp endpoints for clients on other hosts, served like `[broker] frontend` on a second "
+        "socket that admits only CURVE clients whose key is authorized (no ipc)",
+        restart=True, note="off")
+    curve_secret_key: str | None = key(
+        None, secret_key_file,
+        "the daemon's `NAME.key_secret` file for the remote frontend (`tacorectl keygen`); "
+        "required with `frontend`", restart=True)
+    curve_authorized_keys: str | None = key(
+        None, key_directory,
+        "the directory of the public `*.key` files of the clients allowed on the remote "
+        "frontend (read at each connection); required with `frontend`", restart=True)
+
+
+@dataclass(frozen=True)
 class StateConfig:
     enabled: bool = key(True, boolean,
                         "keep events and samples in `state_dir/tacore.db` (SQLite)", restart=True)
@@ -500,7 +531,8 @@ def keys_of(section: type) -> dict[str, Key]:
 
 # Each table of the file, and the dataclass it is read into.
 TABLES = {"daemon": DaemonConfig, "broker": BrokerConfig, "control": ControlConfig,
-          "node": NodeConfig, "state": StateConfig, "http": HttpConfig}
+          "node": NodeConfig, "remote": RemoteConfig, "state": StateConfig,
+          "http": HttpConfig}
 SERVICE_KEYS = keys_of(ServiceConfig)
 SECTIONS = (*TABLES, "services")
 # Settings a running daemon cannot change: its sockets and directories are bound and made.
@@ -517,7 +549,8 @@ class Config:
     state: StateConfig
     http: HttpConfig
     services: dict[str, ServiceConfig]
-    node: NodeConfig = NodeConfig()
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
 
     def as_dict(self) -> dict:
         """The effective configuration, as plain data (for ``tacored --check``)."""
@@ -527,6 +560,7 @@ class Config:
             "broker": _plain(self.broker),
             "control": _plain(self.control),
             "node": _plain(self.node),
+            "remote": _plain(self.remote),
             "state": _plain(self.state),
             "http": _plain(self.http),
             "services": {name: _plain(s) for name, s in self.services.items()},
@@ -640,6 +674,8 @@ def load(path, env=os.environ, load_handler: Callable[[str], Callable] | None = 
     _check_default_endpoints(report, tables, broker, control)
     _check_duplicates(report, broker, control)
     _check_exposure(report, broker, control)
+    remote = RemoteConfig(**tables["remote"])
+    _check_remote(report, data.get("remote"), remote, broker, control)
     daemon_ok = not any(line.startswith(f"{path}: [daemon] python_path") for line in report.lines)
     services = _services(report, data.get("services", {}), broker, tables["node"])
     if load_handler is not None and daemon_ok:  # every handler is tried: one pass finds all
@@ -649,7 +685,7 @@ def load(path, env=os.environ, load_handler: Callable[[str], Callable] | None = 
     if report.lines:
         raise ConfigError(report.lines)
     return Config(path, daemon, broker, control, StateConfig(**tables["state"]),
-                  HttpConfig(**tables["http"]), services, NodeConfig(**tables["node"]))
+                  HttpConfig(**tables["http"]), services, remote, NodeConfig(**tables["node"]))
 
 
 def _daemon(path: Path, values: dict, env) -> DaemonConfig:
@@ -687,10 +723,30 @@ def _check_exposure(report, broker, control):
             + [("broker", "backend", broker.backend, broker.curve_secret_key is not None),
                ("control", "endpoint", control.endpoint, control.curve_secret_key is not None)]):
         if not is_loopback(value) and not curve:
-            fix = ("bind it to 127.0.0.1 or use ipc://" if key == "frontend" else
+            fix = ("bind it to 127.0.0.1 or use ipc://; for clients on other hosts, list it "
+                   "in [remote] frontend (CURVE)" if key == "frontend" else
                    f"bind it to 127.0.0.1, or set curve_secret_key and curve_authorized_keys "
                    f"in [{section}] (tacorectl keygen)")
             report.add(section, key, f"{value!r} is reachable from other hosts without CURVE", fix)
+
+
+def _check_remote(report, raw, remote, broker, control):
+    """The remote frontend admits only CURVE clients, so both keys are required, and its
+    endpoints are its own."""
+    if not remote.frontend:
+        return
+    for name in ("curve_secret_key", "curve_authorized_keys"):
+        if getattr(remote, name) is None and name not in raw:  # (else: reported as invalid)
+            report.add("remote", name, "is required when frontend is set: clients on other "
+                       "hosts are admitted only with CURVE", "make the daemon's key pair "
+                       "with tacorectl keygen DIR NAME; set curve_secret_key to "
+                       "DIR/NAME.key_secret and curve_authorized_keys to a directory of the "
+                       "clients' public NAME.key files")
+    others = {*broker.frontend, broker.backend, control.endpoint}
+    for i, endpoint in enumerate(remote.frontend):
+        if endpoint in others or endpoint in remote.frontend[:i]:
+            report.add("remote", "frontend", f"endpoint {endpoint!r} is listed twice, or used "
+                       "by another socket", "give every socket its own endpoint")
 
 
 def _check_duplicates(report, broker, control):

@@ -40,7 +40,8 @@ def toml_value(value) -> str:
 
 def write_config(path: Path, services: dict, daemon=None, broker=None, control=None,
                  state=None, http=None, **more) -> Path:
-    """Write a config with fast test timings; ``services`` maps name -> keys."""
+    """Write a config with fast test timings; ``services`` maps name -> keys; ``more``: other
+    sections, name -> keys."""
     sections = {"daemon": {"runtime_dir": str(path.parent / "run"), "log_format": "json",
                            "state_dir": str(path.parent / "state"),
                            "python_path": [str(ROOT)], **(daemon or {})},

@@ -21,7 +21,7 @@ MAY_IMPORT = {
                        "tacore.observability.logging"},
     "tacore.control": {"tacore.access", "tacore.observability.prometheus"},
     "tacore.access": set(),
-    "tacore.client": {"tacore.access", "tacore.brokering.protocol"},
+    "tacore.client": {"tacore.access", "tacore.brokering.protocol", "tacore.control.client"},
     "tacore.services": set(),
     "tacore.daemon": PARTS | {"tacore.runtime", "tacore.control"},
     "tacore.cli": PARTS | {"tacore.runtime", "tacore.control", "tacore.client", "tacore.daemon"},

@@ -121,7 +121,9 @@ def metrics_table(metrics: dict) -> str:
     d = metrics["daemon"]
     lines = [f"daemon: cpu {d['cpu_percent'] if d['cpu_percent'] is not None else '-'}%, "
              f"rss {_mb(d['rss_bytes'])}, loop lag {_ms(d['loop_lag_seconds'])}"
-             + (", persistence DEGRADED" if d["persistence_degraded"] else "")]
+             + (", persistence DEGRADED" if d["persistence_degraded"] else "")
+             + "".join(f", {domain} refused {count}" for domain, count
+                       in d.get("auth_refused", {}).items())]
     header = ("SERVICE", "REQUESTS", "ERRORS", "QUEUE", "READY", "P50", "P90", "P99")
     rows = [(name, str(s["requests"]), str(s["errors"]), str(s["queue"]), str(s["ready"]),
              _ms(s["latency"]["p50"]), _ms(s["latency"]["p90"]), _ms(s["latency"]["p99"]))

@@ -104,31 +104,51 @@ def health(obj: Context, as_json: bool):
 @click.argument("service")
 @click.argument("method")
 @click.argument("params", required=False, default="null")
-@click.option("--frontend", envvar="TACORE_FRONTEND", metavar="ENDPOINT",
-              help="Frontend endpoint (env: TACORE_FRONTEND); default: the daemon's first.")
+@click.option("--frontend", envvar="TACORE_FRONTEND", metavar="ENDPOINT", multiple=True,
+              help="Frontend endpoint; several, in failover order (env: TACORE_FRONTEND, "
+                   "space-separated); default: the daemon's first.")
 @click.option("--call-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0.01),
-              help="Seconds to wait for the reply.")
+              help="Seconds to wait for the reply, per attempt.")
+@click.option("--retries", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Further attempts after a timeout or a 503, at the next --frontend: only "
+                   "for methods that may run twice.")
+@click.option("--client-key", envvar="TACORE_CLIENT_KEY", metavar="FILE",
+              type=click.Path(exists=True, dir_okay=False),
+              help="For a daemon's [remote] frontend (CURVE): your NAME.key_secret file "
+                   "(env: TACORE_CLIENT_KEY).")
+@click.option("--server-key", envvar="TACORE_SERVER_KEY", metavar="FILE",
+              type=click.Path(exists=True, dir_okay=False),
+              help="The daemon's public NAME.key file for its [remote] frontend "
+                   "(env: TACORE_SERVER_KEY).")
 @click.pass_obj
-def call(obj: Context, service, method, params, frontend, call_timeout):
+def call(obj: Context, service, method, params, frontend, call_timeout, retries, client_key,
+         server_key):
     """Call SERVICE's METHOD with PARAMS (JSON) and print the result as JSON.
 
     Exit 0 with the result; 1 with the error (status, error, message) on stderr; 3 if the
-    daemon is not running; 4 if this user may not use the frontend socket. The daemon names
-    its frontend; a user who may not use the control socket (a member of [broker] group
-    only) gets the one named by --config instead.
+    daemon is not running or no attempt got a reply; 4 if this user may not use the frontend
+    socket. The daemon names its frontend; a user who may not use the control socket (a
+    member of [broker] group only) gets the one named by --config instead. A daemon's
+    [remote] frontend on another host needs --client-key and --server-key (used for tcp
+    endpoints only).
 
     \b
     Examples:
       tacorectl call echo hello '{"a": 1}'
       tacorectl call ta sma '{"prices": [1, 2, 3, 4, 5, 6], "window": 3}'
+      tacorectl call --frontend tcp://a:5555 --frontend tcp://b:5555 --retries 1 \\
+          --client-key me.key_secret --server-key tacored.key ta sma '{"prices": [1, 2], "window": 2}'
     """
     try:
         params = json.loads(params)
     except ValueError as e:
         raise click.BadParameter(f"not JSON: {e}", param_hint="PARAMS") from None
-    endpoint = frontend or obj.frontend()
+    if bool(client_key) != bool(server_key):
+        raise click.UsageError("--client-key and --server-key go together")
+    endpoints = list(frontend) or [obj.frontend()]
     try:
-        with Client(endpoint) as client:
+        with Client(endpoints, retries, curve_secret_key=client_key,
+                    curve_server_key=server_key) as client:
             result = client.call(service, method, params, timeout=call_timeout)
     except FrontendDenied as e:
         fail(e.message, EXIT_NO_PERMISSION)
@@ -136,8 +156,9 @@ def call(obj: Context, service, method, params, frontend, call_timeout):
         click.echo(f"tacorectl: {e.message}", err=True)
         sys.exit(EXIT_NOT_RUNNING)
     except CallError as e:
-        click.echo(f"tacorectl: {service}.{method} failed: {e.status} {e.error}: {e.message}",
-                   err=True)
+        tried = "".join(f"\n  attempt: {a}" for a in e.attempts) if len(e.attempts) > 1 else ""
+        click.echo(f"tacorectl: {service}.{method} failed: {e.status} {e.error}: {e.message}"
+                   + tried, err=True)
         sys.exit(1)
     click.echo(json.dumps(result))
 

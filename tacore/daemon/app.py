@@ -2,10 +2,18 @@
 
     run():  bind → start workers → loop { wait, dispatch, fire deadlines, flush } → close
 
-The loop polls the frontend, backend and control sockets (and the HTTP endpoint and the ZAP
-socket when configured), the signal wake-up socket and every worker's sentinel and stack pipe.
-Nothing else runs: no threads, no callbacks from elsewhere. Events go to the log at once and to
-the state database at the end of the tick (one transaction), never on the request path.
+The loop polls the frontend, backend and control sockets (and the remote frontend, the HTTP
+endpoint and the ZAP socket when configured), the signal wake-up socket and every worker's
+sentinel and stack pipe. Nothing else runs: no threads, no callbacks from elsewhere. Events go
+to the log at once and to the state database at the end of the tick (one transaction), never
+on the request path.
+
+Tagged return addresses. The broker answers a client through one port, ``to_client(frames)``,
+whose first frame is the address it was given. A ROUTER makes up 5-byte identities starting
+with a zero byte, and the frontend drops messages from peers that chose an identity starting
+with a zero byte of another length; so such an address cannot be a frontend client's, and
+means ``b"\x00" + TAG + identity``: ``return_paths[TAG]`` sends the reply on (REMOTE_TAG: the
+[remote] frontend). The broker never knows where a client is (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from tacore.brokering.broker import Broker
 from tacore.daemon import uplink
 from tacore.brokering.frames import drain, send_or_drop, send_or_say
 from tacore.daemon.uplink import Uplinks
+from tacore.brokering.routes import RateLimit
 from tacore import config as configuration
 from tacore.config import Config, kept_as_running, restart_needed
 from tacore.control.server import ControlServer
@@ -47,6 +56,9 @@ from tacore.supervision.supervisor import Supervisor
 
 # The loop wakes at least this often even with nothing due, as a guard against a lost deadline.
 MAX_POLL = 1.0
+REMOTE_TAG = 0x01  # the return path of the [remote] frontend
+REMOTE_PREFIX = bytes((0, REMOTE_TAG))
+SPOOFS_PER_SECOND = 20  # log lines about clients posing as tagged addresses
 
 
 class Daemon:
@@ -64,6 +76,9 @@ class Daemon:
         self.next_sample = 0.0
         self.guard = None
         self.http = None
+        self.remote = None  # the [remote] frontend's socket
+        self.return_paths: dict = {}  # tag byte -> callable(frames): where tagged replies go
+        self.spoofs = RateLimit(SPOOFS_PER_SECOND)
         state = config.state
         self.store = Store(config.daemon.state_dir / "tacore.db", state.retention_days,
                            state.max_db_mb, enabled=state.enabled)
@@ -93,6 +108,7 @@ class Daemon:
                 "pid": self.pid, "version": __version__, "config": str(self.config.path),
                 "services": {n: s.workers for n, s in self.config.services.items()},
                 "frontend": list(self.config.broker.frontend), "backend": self.config.broker.backend,
+                "remote_frontend": list(self.config.remote.frontend),
                 "control": self.config.control.endpoint}))
             while not (self.stopping and self.supervisor.all_stopped()):
                 self._wait_and_dispatch()
@@ -111,7 +127,8 @@ class Daemon:
         sockets.prepare_runtime_dir(daemon.runtime_dir, {"[broker] group": broker.group,
                                                          "[control] group": control.group})
         self.lock = sockets.DaemonLock(daemon.runtime_dir)
-        if broker.curve_secret_key or control.curve_secret_key:
+        remote = self.config.remote
+        if broker.curve_secret_key or control.curve_secret_key or remote.frontend:
             self.guard = CurveGuard(self.ctx, self.emit)
             self._watch(self.guard.socket, self.guard.on_readable)
         self.frontend = self._socket(zmq.ROUTER, broker.frontend, "frontend", group=broker.group)
@@ -126,9 +143,10 @@ class Daemon:
             self.backend.setsockopt(zmq.HEARTBEAT_TIMEOUT, interval_ms * broker.heartbeat_liveness)
         self.control_sock = self._socket(zmq.ROUTER, [control.endpoint], "control", control,
                                          group=control.group)
-        # A reply's first frame is the client's address on the frontend, or a tagged return
-        # address (b"\0", tag, ...: never a ROUTER's 5-byte id, nor a client-set identity).
-        self.return_paths = {uplink.TAG: lambda frames: self.uplinks.reply(frames)}
+        if remote.frontend:
+            self.remote = self._socket(zmq.ROUTER, remote.frontend, "remote", remote)
+            self.return_paths[REMOTE_TAG] = self._to_remote
+        self.return_paths[uplink.TAG] = lambda frames: self.uplinks.reply(frames)
         self.broker = Broker(self._to_client, lambda frames: send_or_say(self.backend, frames),
                              self.emit, broker, self.config.services)
         self.uplinks = Uplinks(self.ctx, self.broker.from_client, self.emit, self._watch,
@@ -139,7 +157,9 @@ class Daemon:
             worker_curve=client_keys(broker.curve_secret_key) if broker.curve_secret_key else None)
         self.control = ControlServer(self.control_sock, self, self.emit)
         keyed = broker.curve_secret_key is not None  # each READY comes with its CURVE key
-        self._watch(self.frontend, lambda now: drain(self.frontend, self.broker.from_client, now))
+        self._watch(self.frontend, lambda now: drain(self.frontend, self._from_frontend, now))
+        if self.remote is not None:
+            self._watch(self.remote, lambda now: drain(self.remote, self._from_remote, now))
         self._watch(self.backend,
                     lambda now: drain(self.backend, self.broker.from_worker, now, keyed))
         self._watch(self.control_sock, self.control.on_readable)
@@ -160,7 +180,7 @@ class Daemon:
     def _socket(self, kind: int, endpoints, what: str, keys=None, group=None) -> zmq.Socket:
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
-        if what in ("frontend", "backend"):  # a larger message disconnects its sender
+        if what in ("frontend", "remote", "backend"):  # a larger message disconnects its sender
             sock.setsockopt(zmq.MAXMSGSIZE, self.config.broker.max_message_size)
         if keys is not None and keys.curve_secret_key:
             self.guard.protect(sock, f"tacore.{what}", keys.curve_secret_key,
@@ -170,13 +190,57 @@ class Daemon:
             self.bound.append(endpoint)
         return sock
 
+    # --- clients: the frontend, the remote frontend, and where replies go ----------------
+
+    def _from_frontend(self, frames: list, now: float) -> None:
+        address = frames[0]
+        if address[:1] == b"\x00" and len(address) != 5:  # tagged: see the module's docstring
+            self._spoofed(address, "frontend", now)  # a peer-chosen identity posing as one
+        else:
+            self.broker.from_client(frames, now)
+
+    def _from_remote(self, frames: list, now: float) -> None:
+        identity = frames[0]
+        if len(identity) == 3:  # tagged, it would be 5 bytes: read as a frontend client's
+            self._spoofed(identity, "remote", now)
+            return
+        frames[0] = REMOTE_PREFIX + identity
+        self.broker.from_client(frames, now)
+
+    def _to_client(self, frames: list) -> None:
+        """The broker's port to every client: a tagged address goes to its return path."""
+        address = frames[0]
+        if address[:1] == b"\x00" and len(address) != 5:
+            path = self.return_paths.get(address[1])
+            if path is not None:  # (none: the path is gone, the reply with it)
+                path(frames)
+        else:
+            send_or_drop(self.frontend, frames)
+
+    def _to_remote(self, frames: list) -> None:
+        frames[0] = frames[0][2:]  # (client_reply made the list: it is ours to change)
+        send_or_drop(self.remote, frames)
+
+    def _spoofed(self, identity: bytes, socket: str, now: float) -> None:
+        """Drop a message whose sender's identity cannot be told from a tagged address (at
+        most SPOOFS_PER_SECOND log lines a second; a flood is counted)."""
+        suppressed = self.spoofs.admit(now)
+        if suppressed:
+            self.emit(Event(ev.PROTOCOL_ERROR, {"suppressed": suppressed}))
+        if self.spoofs.allowed:
+            self.emit(Event(ev.PROTOCOL_ERROR, {
+                "socket": socket, "peer": identity.hex()[:64], "action": "dropped",
+                "error": "a client identity starting with a zero byte must be 5 bytes long, "
+                         "and one of 3 bytes is not served on the remote frontend"}))
+
     def _close(self) -> None:
         if getattr(self, "supervisor", None) is not None and not self.supervisor.all_stopped():
             self.supervisor.kill_all()  # only on an unexpected error: never leave orphans
         if getattr(self, "signals", None) is not None:
             self.signals.close()
-        if getattr(self, "frontend", None) is not None:
-            self.frontend.close(linger=1000)  # let the last replies reach their clients
+        for sock in (getattr(self, "frontend", None), self.remote):
+            if sock is not None:
+                sock.close(linger=1000)  # let the last replies reach their clients
         if getattr(self, "uplinks", None) is not None:
             self.uplinks.close()  # DISCONNECT upstream, if a worker outlived the stop
         if self.guard is not None:

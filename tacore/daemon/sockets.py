@@ -30,7 +30,8 @@ from tacore.errors import EX_CANTCREAT, EX_CONFIG, EX_UNAVAILABLE, StartupError
 RUNTIME_DIR = "[daemon] runtime_dir"
 # The setting that names each socket's endpoint, and the one that opens it to a group.
 ENDPOINT_SETTING = {"frontend": "[broker] frontend", "backend": "[broker] backend",
-                    "control": "[control] endpoint", "http": "[http] listen"}
+                    "control": "[control] endpoint", "http": "[http] listen",
+                    "remote": "[remote] frontend"}
 GROUP_SETTING = {"frontend": "[broker] group", "control": "[control] group"}
 
 

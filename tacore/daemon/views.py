@@ -55,6 +55,7 @@ def status(daemon, now: float) -> dict:
                        "uptime": round(now - daemon.started, 3),
                        "started_at": daemon.started_wall, "stopping": daemon.stopping,
                        "frontend": list(daemon.config.broker.frontend),
+                       "remote_frontend": list(daemon.config.remote.frontend),
                        "persistence": daemon.store.status(), **daemon.sampler.figures},
             "services": services}
 
@@ -98,5 +99,6 @@ def metrics(daemon, now: float) -> dict:
                        "rss_bytes": d["rss_bytes"], "loop_lag_seconds": d["loop_lag_seconds"],
                        "persistence_degraded": int(d["persistence"]["degraded"] is not None
                                                    and d["persistence"]["enabled"]),
-                       "unknown_service_requests": daemon.broker.unknown_service},
+                       "unknown_service_requests": daemon.broker.unknown_service,
+                       "auth_refused": dict(daemon.guard.refused) if daemon.guard else {}},
             "services": services, "workers": workers}

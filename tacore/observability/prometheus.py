@@ -10,6 +10,7 @@ Metric names (documented in the README):
   tacore_worker_rss_bytes{service,slot}          gauge
   tacore_worker_threads{service,slot}            gauge
   tacore_worker_open_fds{service,slot}           gauge
+  tacore_auth_refused_total{domain}              counter
   tacore_daemon_cpu_percent, tacore_daemon_rss_bytes, tacore_loop_lag_seconds,
   tacore_persistence_degraded                    gauges
 """
@@ -57,6 +58,12 @@ class _Snapshot:
             restarts.add_metric([name], s["restarts"])
         yield from (requests, duration, queue, states, restarts)
         yield from self._workers(workers)
+        refused = CounterMetricFamily("tacore_auth_refused",
+                                      "CURVE clients refused (key not authorized), by ZAP domain.",
+                                      labels=["domain"])
+        for domain, count in daemon["auth_refused"].items():
+            refused.add_metric([domain], count)
+        yield refused
         for name, key, text in (
                 ("tacore_daemon_cpu_percent", "cpu_percent",
                  "CPU of the daemon process, percent of one core."),
