@@ -17,6 +17,7 @@ import threading
 import time
 
 import zmq
+import zmq.auth
 
 
 def main() -> None:
@@ -31,8 +32,6 @@ def main() -> None:
     ctx = zmq.Context()
     curve = {}
     if args.secret_key:
-        import zmq.auth
-
         public, secret = zmq.auth.load_certificate(args.secret_key)
         server, _ = zmq.auth.load_certificate(args.server_key)
         curve = {"curve_serverkey": server, "curve_publickey": public, "curve_secretkey": secret}

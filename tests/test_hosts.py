@@ -100,7 +100,8 @@ class Load:
         self.started = time.monotonic()
 
     def finish(self) -> list[dict]:
-        out, _ = self.proc.communicate(timeout=60)
+        """Stop the load (its stdin closes) and read what it recorded."""
+        out, _ = self.proc.communicate("", timeout=60)
         return json.loads(out)
 
 
@@ -135,7 +136,6 @@ def test_node_workers_serve_a_client_on_a_third_host(net):
     for service in ("echo", "local"):
         load = net.load(service)
         wait_until(lambda: time.monotonic() - load.started > 2.0, 5, "two seconds of load")
-        load.proc.stdin.close()
         records = load.finish()
         answered = [r for r in records if r["status"] == "200"]
         assert answered and all(r["replies"] == 1 for r in records)
@@ -156,6 +156,7 @@ def test_a_partition_of_the_node_under_load_answers_every_request_once_and_heals
     wait_until(lambda: a.status()["services"]["echo"]["requests"] > 100, 10, "load through B")
     down = time.monotonic()
     net.hosts.down("b")
+    cut = time.monotonic()
     wait_until(lambda: not echo_workers(a), 10, "A to expire B's workers")
     expired = time.monotonic() - down
     wait_until(lambda: all(w["state"] == "CONNECTING" for w in echo_workers(b)), 10,
@@ -167,7 +168,6 @@ def test_a_partition_of_the_node_under_load_answers_every_request_once_and_heals
                "B's workers to register again")
     wait_until(lambda: sum(w["requests"] for w in echo_workers(a)) > 10, 10,
                "B's workers to serve again")
-    load.proc.stdin.close()
     records = load.finish()
 
     assert records and all(r["replies"] == 1 for r in records), \
@@ -178,10 +178,12 @@ def test_a_partition_of_the_node_under_load_answers_every_request_once_and_heals
     assert set(statuses) <= {"200", "502", "503", "504"}, statuses
     by_status = a.call("metrics")["services"]["echo"]["by_status"]
     assert by_status == statuses, (by_status, statuses)  # A answered each request once
-    in_flight = [r for r in records if r["sent"] < down < r["answered"] and r["sent"] < up]
+    # In flight at link-down: sent before the link was down (the command returned), answered
+    # after it was cut; A answers B's "502" at the expiry and its queue's "503" at queue_timeout.
+    in_flight = [r for r in records if r["sent"] < cut < r["answered"]]
     last_answer = max(r["answered"] for r in in_flight) - down
-    # Bounded by the heartbeat expiry (1.5 s) and the queue_timeout (3 s) of what waited.
-    assert last_answer < 3 + 3 * INTERVAL + 2.0, last_answer
+    assert {r["status"] for r in in_flight} <= {"200", "502", "503"}, in_flight
+    assert last_answer < 3 + 3 * INTERVAL + 2.0, last_answer  # queue_timeout, expiry, slack
     serving = min(r["answered"] for r in records if r["sent"] > up and r["status"] == "200") - up
     assert serving < 5 * INTERVAL + 1.0, serving
     print(f"partition: {len(records)} requests sent, answered by status {statuses} (A's "
@@ -244,7 +246,6 @@ def test_added_latency_does_not_break_heartbeats_at_the_default_interval(net):
     wait_until(lambda: registered(b), 15, "B's workers registered with A")
     load = net.load("echo", clients=2)
     wait_until(lambda: time.monotonic() - load.started > 10, 15, "four heartbeat intervals")
-    load.proc.stdin.close()
     records = load.finish()
     assert records and all(r["status"] == "200" and r["replies"] == 1 for r in records)
     assert not b.events("uplink.lost") and not a.events("worker.lost")
@@ -278,8 +279,8 @@ def test_the_example_configurations_serve_a_client_across_hosts(net):
     healthz = net.hosts.command("b", [sys.executable, "-c", "import urllib.request; print("
                                       "urllib.request.urlopen('http://127.0.0.1:9464/healthz')"
                                       ".read().decode())"])
-    assert subprocess.run(healthz, capture_output=True, text=True, timeout=20).stdout == \
-        "healthy\n"  # B's own loopback, inside its namespace
+    assert subprocess.run(healthz, capture_output=True, text=True, timeout=20).stdout.strip() == \
+        "healthy"  # B's own loopback, inside its namespace
     call = net.hosts.command("c", CALL + ["--frontend", f"tcp://{net.c_side}:5555",
                                           "--client-key", net.key("c.key_secret"),
                                           "--server-key", net.key("a.key"),

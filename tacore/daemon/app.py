@@ -132,19 +132,22 @@ class Daemon:
             self.guard = CurveGuard(self.ctx, self.emit)
             self._watch(self.guard.socket, self.guard.on_readable)
         self.frontend = self._socket(zmq.ROUTER, broker.frontend, "frontend", group=broker.group)
-        self.backend = self._socket(zmq.ROUTER, [broker.backend], "backend", broker)
-        self.backend.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a vanished worker is an error, not a loss
-        self.backend.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting worker replaces itself
-        if broker.backend.startswith("tcp://"):
-            # A host that vanishes (power, partition) closes no connection: ZMTP heartbeats
-            # notice it, so the next send to its workers fails and their requests get "502".
-            interval_ms = int(broker.heartbeat_interval * 1000)
-            self.backend.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
-            self.backend.setsockopt(zmq.HEARTBEAT_TIMEOUT, interval_ms * broker.heartbeat_liveness)
+        # A host that vanishes (power, partition) closes no connection: ZMTP heartbeats notice
+        # it, so the next send to its workers fails and their requests get "502". (Options a
+        # connection takes are set before bind: a listener copies them when it is made.)
+        interval_ms = int(broker.heartbeat_interval * 1000)
+        zmtp = {zmq.HEARTBEAT_IVL: interval_ms,
+                zmq.HEARTBEAT_TIMEOUT: interval_ms * broker.heartbeat_liveness}
+        self.backend = self._socket(
+            zmq.ROUTER, [broker.backend], "backend", broker,
+            options={zmq.ROUTER_MANDATORY: 1,  # a vanished worker is an error, not a loss
+                     zmq.ROUTER_HANDOVER: 1,  # a reconnecting worker replaces itself
+                     **(zmtp if broker.backend.startswith("tcp://") else {})})
         self.control_sock = self._socket(zmq.ROUTER, [control.endpoint], "control", control,
                                          group=control.group)
         if remote.frontend:
-            self.remote = self._socket(zmq.ROUTER, remote.frontend, "remote", remote)
+            self.remote = self._socket(zmq.ROUTER, remote.frontend, "remote", remote,
+                                       options=zmtp)  # clients on hosts that vanish, too
             self.return_paths[REMOTE_TAG] = self._to_remote
         self.return_paths[uplink.TAG] = lambda frames: self.uplinks.reply(frames)
         self.broker = Broker(self._to_client, lambda frames: send_or_say(self.backend, frames),
@@ -177,9 +180,12 @@ class Daemon:
         else:
             send_or_drop(self.frontend, frames)
 
-    def _socket(self, kind: int, endpoints, what: str, keys=None, group=None) -> zmq.Socket:
+    def _socket(self, kind: int, endpoints, what: str, keys=None, group=None,
+                options=None) -> zmq.Socket:
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
+        for option, value in (options or {}).items():
+            sock.setsockopt(option, value)
         if what in ("frontend", "remote", "backend"):  # a larger message disconnects its sender
             sock.setsockopt(zmq.MAXMSGSIZE, self.config.broker.max_message_size)
         if keys is not None and keys.curve_secret_key:
