@@ -85,18 +85,21 @@ class Uplinks:
         self.max_message_size = 0
 
     def configure(self, config, now: float) -> None:
-        """Apply [node], [broker] heartbeats and each service's ``broker``; an uplink whose
-        service now names another broker (or none) leaves, and joins the new one."""
+        """Apply [node], [broker] heartbeats and each service's ``broker``. An uplink whose
+        service names another broker now moves there at once (the old one answers what it
+        still held, "502"); one whose service serves no broker any more leaves."""
         self.node, self.services = config.node, config.services
         self.interval = config.broker.heartbeat_interval
         self.expiry = self.interval * config.broker.heartbeat_liveness
         self.max_message_size = config.broker.max_message_size
         for link in list(self.links.values()):
             service = self.services.get(link.service)
-            if service is None or service.broker != link.endpoint:
+            if service is None or service.broker is None:
                 self.leave(link.identity, now)
-                if service is not None and service.broker is not None:
-                    self.join(link.identity, link.service, now)
+            elif service.broker != link.endpoint:
+                self._drop_socket(link, say_disconnect=True)
+                link.pending, link.endpoint, link.leaving = 0, service.broker, False
+                self._open(link, now)
 
     def serves_upstream(self, service: str) -> bool:
         s = self.services.get(service)
