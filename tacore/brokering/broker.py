@@ -137,7 +137,7 @@ class Broker(Liveness):
         caller's to place."""
         self.sequence += 1
         req.token = self.sequence.to_bytes(8, "big")
-        if self.to_worker(mdp.worker_request(link.identity, link.version, req.token, req.body)):
+        if self.to_worker(mdp.worker_request(link.identity, link.framing, req.token, req.body)):
             self._lost(link, now)
             return False
         req.worker = link
@@ -193,15 +193,18 @@ class Broker(Liveness):
 
     def from_worker(self, frames: list, now: float, key: str | None = None) -> None:
         """One message received on the backend; ``key``: the sender's CURVE key, if any."""
+        link = self.workers.get(frames[0])
+        if link is not None:
+            link.last_seen = now
+            if link.framing == 0 and len(frames) > 1 and frames[1][:1] == mdp.T_REPLY:
+                self._compact_reply(link, frames, now)
+                return
         try:
             msg = mdp.parse_worker(frames)
         except mdp.ProtocolError as e:
             self._complain(ev.PROTOCOL_ERROR, now, socket="backend", error=str(e),
                            peer=frames[0].hex()[:64])
             return
-        link = self.workers.get(msg.identity)
-        if link is not None:
-            link.last_seen = now
         if msg.command == mdp.READY:
             self._ready(msg, link, now, key)
         else:
@@ -231,6 +234,8 @@ class Broker(Liveness):
         link = WorkerLink(msg.identity, route, msg.version, ours is None, now,
                           ours.request_limit if ours else None, ours.credit if ours else None)
         link.key = key
+        if ours is not None and msg.compact:
+            link.framing = 0  # one of ours offers the compact framing: its requests use it
         self.workers[msg.identity] = link
         route.workers += 1
         if ours is not None:
@@ -260,18 +265,32 @@ class Broker(Liveness):
 
     def _reply(self, msg: mdp.WorkerMessage, link: WorkerLink | None, now: float) -> None:
         req = self._current_for(msg, link, now)
-        if req is None:
+        if req is not None:
+            self._answer(link, req, msg.body, now)
+
+    def _compact_reply(self, link: WorkerLink, frames: list, now: float) -> None:
+        """A reply in the compact framing: [0xA2 token status][body...]."""
+        head = frames[1]
+        req = link.inflight[0] if link.inflight else None
+        if req is None or head[1:mdp.TOKEN_END] != req.token:
+            self._complain(ev.PROTOCOL_ERROR, now, socket="backend",
+                           error="a reply for another request", peer=link.identity.hex()[:64])
             return
+        frames[1] = head[mdp.TOKEN_END:]  # the status frame, then the body as the worker sent it
+        self._answer(link, req, frames[1:], now)
+
+    def _answer(self, link: WorkerLink, req: ClientRequest, body: list, now: float) -> None:
+        """The worker's reply to its running request goes to the client; its credit is free."""
         route = link.route
-        label = status_label(msg.body[0])
+        label = status_label(body[0])
         if label is OTHER_STATUS and route.checked:
             self._complain(ev.BAD_REPLY, now, service=route.name.decode(errors="replace"),
-                           worker=msg.identity.hex(), status=msg.body[0][:32].hex(),
+                           worker=link.identity.hex(), status=body[0][:32].hex(),
                            action='answered "502" bad_reply')
             self._error(req, b"502", "bad_reply", "the worker's reply does not follow tacore's "
                         "body convention ([status][body])", now)
         else:
-            self.to_client(mdp.client_reply(req.client, req.version, req.service, msg.body))
+            self.to_client(mdp.client_reply(req.client, req.version, req.service, body))
             route.answered(label, now - req.arrived)
         link.inflight.popleft()
         req.worker = None
