@@ -43,6 +43,7 @@ from tacore.daemon.sampling import Sampler
 from tacore.daemon.security import CurveGuard, client_keys
 from tacore.daemon.notify import Notifier
 from tacore.daemon.signals import SignalPipe
+from tacore.daemon.watcher import Watcher
 from tacore.events import Event
 from tacore.errors import EX_UNAVAILABLE, ConfigError, StartupError
 from tacore.health import assess_health, pool_summary
@@ -56,6 +57,7 @@ from tacore.supervision.supervisor import Supervisor
 
 # The loop wakes at least this often even with nothing due, as a guard against a lost deadline.
 MAX_POLL = 1.0
+INF = float("inf")
 REMOTE_TAG = 0x01  # the return path of the [remote] frontend
 REMOTE_PREFIX = bytes((0, REMOTE_TAG))
 SPOOFS_PER_SECOND = 20  # log lines about clients posing as tagged addresses
@@ -67,9 +69,7 @@ class Daemon:
         self.pid = os.getpid()
         self.started, self.started_wall = time.monotonic(), time.time()
         self.stopping = False
-        self.handlers = {}  # socket or fd -> (callable(now), when it was registered)
-        self.registrations = 0
-        self.poller = zmq.Poller()
+        self.watcher = Watcher()
         self.ctx = None  # made in run(), after the spawner: no thread exists before it
         self.lock = None
         self.bound: list[str] = []
@@ -111,9 +111,10 @@ class Daemon:
                 "remote_frontend": list(self.config.remote.frontend),
                 "control": self.config.control.endpoint}))
             while not (self.stopping and self.supervisor.all_stopped()):
-                self._wait_and_dispatch()
+                due = self._wait_and_dispatch()
                 now = time.monotonic()
-                self._fire_deadlines(now)
+                if now >= due:  # (one that a handler made due now is fired next time round)
+                    self._fire_deadlines(now)
                 self._flush(now)
                 self._notify(now)
             self.emit(Event(ev.DAEMON_STOPPED, {"pid": self.pid}))
@@ -254,6 +255,7 @@ class Daemon:
         if self.ctx is not None:
             self.ctx.destroy(linger=0)
         self.spawner.close()
+        self.watcher.close()
         self.store.close()
         self.notifier.close()
         for endpoint in self.bound:
@@ -263,25 +265,25 @@ class Daemon:
 
     # --- the loop -----------------------------------------------------------------------
 
-    def _wait_and_dispatch(self) -> None:
+    def _wait_and_dispatch(self) -> float:
+        """Wait for a message, a descriptor or the next deadline; handle what is ready.
+        Returns the earliest deadline as it was before the wait."""
         now = time.monotonic()
-        deadlines = [d for d in (self.supervisor.next_deadline(), self.broker.next_deadline(),
-                                 self.uplinks.next_deadline(), self.spawner_retry,
-                                 self.next_sample, self.notifier.next_watchdog or None)
-                     if d is not None]
-        timeout = min([MAX_POLL] + [max(0.0, d - now) for d in deadlines])
-        polled_at = self.registrations
-        ready = self.poller.poll(timeout * 1000)
-        if not ready and deadlines:  # woke for a deadline: how late?
-            self.loop_lag = max(self.loop_lag, time.monotonic() - min(deadlines))
-        for source, _ in ready:
-            handler, registered = self.handlers.get(source, (None, None))
-            # Skip a source an earlier handler in this batch unwatched, or whose descriptor
-            # number was reused by a newer registration: the event was for the old one.
-            if handler is not None and registered <= polled_at:
+        due = min(d for d in (self.supervisor.next_deadline(), self.broker.next_deadline(),
+                              self.uplinks.next_deadline(), self.spawner_retry,
+                              self.next_sample, self.notifier.next_watchdog or None, INF)
+                  if d is not None)
+        watcher = self.watcher
+        ready = watcher.wait(max(0.0, min(MAX_POLL, due - now)))
+        if not ready and due < INF:  # woke for a deadline: how late?
+            self.loop_lag = max(self.loop_lag, time.monotonic() - due)
+        for source, seen in ready:
+            handler = watcher.handler(source, seen)  # (None: unwatched by an earlier one)
+            if handler is not None:
                 now = time.monotonic()
                 handler(now)
                 self._settle(now)
+        return due
 
     # --- the spawner: the process that forks the workers --------------------------------
 
@@ -392,13 +394,10 @@ class Daemon:
                                       severity="warning"))
 
     def _watch(self, source, handler) -> None:
-        self.registrations += 1
-        self.handlers[source] = (handler, self.registrations)
-        self.poller.register(source, zmq.POLLIN)
+        self.watcher.watch(source, handler)
 
     def _unwatch(self, source) -> None:
-        if self.handlers.pop(source, None) is not None:
-            self.poller.unregister(source)
+        self.watcher.unwatch(source)
 
     def emit(self, event: Event) -> None:
         log_event(self.log, event)
