@@ -51,7 +51,7 @@ from tacore.observability.logging import configure_logging, log_event
 from tacore.observability.prometheus import exposition
 from tacore.persistence.store import Store
 from tacore.runtime.loader import load_handler
-from tacore.supervision.spawner import Spawner
+from tacore.supervision.handles import Spawner
 from tacore.supervision.supervisor import Supervisor
 
 # The loop wakes at least this often even with nothing due, as a guard against a lost deadline.
@@ -157,7 +157,8 @@ class Daemon:
         self.uplinks.configure(self.config, time.monotonic())
         self.supervisor = Supervisor(
             self.config, self.emit, self._watch, self._unwatch, spawner=self.spawner,
-            worker_curve=client_keys(broker.curve_secret_key) if broker.curve_secret_key else None)
+            worker_curve=client_keys(broker.curve_secret_key) if broker.curve_secret_key else None,
+            now=time.monotonic())
         self.control = ControlServer(self.control_sock, self, self.emit)
         keyed = broker.curve_secret_key is not None  # each READY comes with its CURVE key
         self._watch(self.frontend, lambda now: drain(self.frontend, self._from_frontend, now))
