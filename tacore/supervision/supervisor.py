@@ -1,12 +1,13 @@
-"""The supervisor: worker slots, their deadlines, and what to do when a process exits.
+"""The supervisor: worker slots, their deadlines, and the facts the router tells it.
 
-It is driven by the daemon's loop: ``tick(now)`` fires deadlines, the ``on_*`` methods take
-what the loop observed (a READY seen by the broker, a sentinel that became readable, a worker
-the broker stopped hearing from), and the operator's commands (restart, stop, start, scale,
-apply a new configuration) record intent that ticks and events carry out. It signals and forks
-processes and emits events, but knows nothing of ZeroMQ: the loop hands it the descriptors to
-watch through ``watch``/``unwatch`` and learns through ``forget``/``retire`` what the broker
-must stop doing with a worker.
+It is driven by the daemon's loop: ``tick(now)`` fires deadlines, ``apply(fact, now)`` takes
+what the router found out (a READY, a drained worker, a missed heartbeat, a request timeout),
+the descriptors it watches report exits, stacks and output, and the operator's commands
+(restart, stop, start, scale, apply a new configuration) record intent that ticks and events
+carry out. It signals and forks processes (through the spawner) and emits events, but knows
+nothing of ZeroMQ: what the router must learn goes to ``facts``. Its parts: ``moves.py`` (the
+operator's moves), ``stopping.py`` (dump, SIGTERM, SIGKILL) and ``exits.py`` (what follows an
+exit).
 """
 
 from __future__ import annotations
