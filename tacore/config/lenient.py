@@ -20,10 +20,7 @@ def read_control_endpoint(path, env=os.environ) -> str:
     not parse.
     """
     path = Path(path).absolute()
-    try:
-        data = read_toml(path)
-    except ConfigError as whole_file:
-        data = _read_sections(path, ("daemon", "control"), whole_file)
+    data = _read_leniently(path, "control")
     control = data.get("control", {})
     if isinstance(control, dict) and isinstance(control.get("endpoint"), str):
         return control["endpoint"]
@@ -35,16 +32,20 @@ def read_frontend_endpoint(path, env=os.environ) -> str:
     ``read_control_endpoint`` (only [daemon] and [broker]): ``tacorectl call`` uses it when
     the control socket is not open to the caller."""
     path = Path(path).absolute()
-    try:
-        data = read_toml(path)
-    except ConfigError as whole_file:
-        data = _read_sections(path, ("daemon", "broker"), whole_file)
+    data = _read_leniently(path, "broker")
     broker = data.get("broker", {})
     frontend = broker.get("frontend") if isinstance(broker, dict) else None
     if isinstance(frontend, list) and frontend and isinstance(frontend[0], str):
         return frontend[0]
     return default_frontend_endpoint(_lenient_runtime_dir(path, data, env))
 
+
+def _read_leniently(path: Path, section: str) -> dict:
+    """Every table if the whole file parses, else [daemon] and ``section``, each on its own."""
+    try:
+        return read_toml(path)
+    except ConfigError as whole_file:
+        return _read_sections(path, ("daemon", section), whole_file)
 
 
 def _lenient_runtime_dir(path: Path, data: dict, env) -> Path:
