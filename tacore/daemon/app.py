@@ -6,7 +6,8 @@ The loop polls the frontend, backend and control sockets (and the remote fronten
 endpoint and the ZAP socket when configured), the signal wake-up socket and every worker's
 sentinel and stack pipe. Nothing else runs: no threads, no callbacks from elsewhere. Events go
 to the log at once and to the state database at the end of the tick (one transaction), never
-on the request path.
+on the request path. What it binds and builds at the start, and closes at the end, is
+``wiring.py``; what status, metrics and the HTTP endpoint show, ``views.py``.
 
 Tagged return addresses. The broker answers a client through one port, ``to_client(frames)``,
 whose first frame is the address it was given. A ROUTER makes up 5-byte identities starting

@@ -61,12 +61,14 @@ def receive(sock: socket.socket, flags: int = 0) -> tuple[bytes, list[int]]:
 
 
 def spec_to_json(fields: dict) -> dict:
+    """A worker's spec fields as JSON can carry them: its bytes as ASCII text."""
     curve = fields.get("curve")
     return {**fields, "identity": fields["identity"].decode("ascii"),
             "curve": {k: v.decode("ascii") for k, v in curve.items()} if curve else None}
 
 
 def spec_from_json(fields: dict) -> dict:
+    """The spec fields ``spec_to_json`` made, with their bytes back."""
     curve = fields.get("curve")
     return {**fields, "identity": fields["identity"].encode("ascii"),
             "curve": {k: v.encode("ascii") for k, v in curve.items()} if curve else None}
