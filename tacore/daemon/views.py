@@ -1,10 +1,13 @@
-"""What the daemon shows: status and metrics, assembled from the supervisor and the broker."""
+"""What the daemon shows: status and metrics, assembled from the supervisor and the broker,
+and the HTTP endpoint's pages of them."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 from tacore import __version__, health
+from tacore.observability.prometheus import exposition
 from tacore.supervision.states import State
 
 NO_FIGURES = {"cpu_percent": None, "rss_bytes": None}
@@ -102,3 +105,19 @@ def metrics(daemon, now: float) -> dict:
                        "unknown_service_requests": daemon.broker.unknown_service,
                        "auth_refused": dict(daemon.guard.refused) if daemon.guard else {}},
             "services": services, "workers": workers}
+
+
+def http_pages(daemon) -> dict:
+    """The HTTP endpoint's pages: path -> a callable giving (status, content type, body)."""
+    def metrics_page():
+        return 200, "text/plain; version=0.0.4; charset=utf-8", exposition(daemon.metrics())
+
+    def health_page():
+        verdict = health.assess_health(daemon.status())
+        body = "healthy\n" if verdict["healthy"] else "\n".join(verdict["problems"]) + "\n"
+        return (200 if verdict["healthy"] else 503), "text/plain; charset=utf-8", body.encode()
+
+    def status_page():
+        return 200, "application/json", json.dumps(daemon.status()).encode()
+
+    return {"/metrics": metrics_page, "/healthz": health_page, "/status": status_page}
