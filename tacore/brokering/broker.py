@@ -83,6 +83,8 @@ class Broker(Liveness):
 
     def from_client(self, frames: list, now: float) -> None:
         """One message received on the frontend."""
+        if len(frames) < 5 and type(frames[-1]) is not bytes:
+            frames[-1] = frames[-1].bytes  # a large frame where the header is: parse it as bytes
         try:
             request = mdp.parse_client(frames, now)
         except mdp.ProtocolError as e:
@@ -160,7 +162,8 @@ class Broker(Liveness):
         says "200" only while a worker that can take requests is registered: external ones
         are probed first, so one whose connection is gone does not count."""
         if req.service == MMI_SERVICE:
-            route = self.routes.get(req.body[0]) if len(req.body) == 1 else None
+            name = req.body[0] if len(req.body) == 1 else None
+            route = self.routes.get(name) if type(name) is bytes else None
             if route is not None and route.workers:
                 for link in [w for w in self.workers.values() if w.route is route and w.external]:
                     self._probe(link, now)
@@ -196,9 +199,11 @@ class Broker(Liveness):
         link = self.workers.get(frames[0])
         if link is not None:
             link.last_seen = now
-            if link.framing == 0 and len(frames) > 1 and frames[1][:1] == mdp.T_REPLY:
+            if link.framing == 0 and len(frames) > 2 and frames[1][:1] == mdp.T_REPLY:
                 self._compact_reply(link, frames, now)
                 return
+        if type(frames[-1]) is not bytes:  # (a large last frame: see frames.recv_passing)
+            frames[-1] = frames[-1].bytes
         try:
             msg = mdp.parse_worker(frames)
         except mdp.ProtocolError as e:
