@@ -1,7 +1,7 @@
 """Broker throughput and latency: tacore next to zmq.proxy and to no broker, in one run.
 
-    .venv/bin/python bench/broker.py [--workers 2,4] [--clients 1,8,32] [--big-clients 8]
-                                     [--body 64] [--big-body 65536] [--seconds 3] [--rounds 3]
+    .venv/bin/python bench/broker.py [--workers 4] [--clients 1,8,32] [--big-clients 8]
+                                     [--body 64] [--big-body 65536] [--seconds 3] [--rounds 5]
                                      [--setups proxy,direct,tacore] [--json out.json]
 
 Setups, each with N echo workers doing the same work per request (tacore's body convention:
@@ -14,7 +14,9 @@ decode the JSON request, call the handler, encode the JSON reply):
 - ``tacore``: tacored with an ``echo`` service of N workers (Majordomo, supervision,
   heartbeats, metrics and all); ``tacore-nostate``: the same with ``[state] enabled = false``;
   ``tacore-mdp``: the same daemon with N command workers speaking plain 7/MDP
-  (bench/mdp_echo.py), the path every external worker takes.
+  (bench/mdp_echo.py), the path every external worker takes; ``tacore@DIR`` (or
+  ``tacore-mdp@DIR``): tacored with the tacore package of another checkout, for a before/after
+  comparison in the same run (``git worktree add /tmp/old COMMIT``).
 
 Besides throughput and latency, each run reports the broker's own CPU per request (µs of the
 proxy's or the daemon's CPU time, all threads, divided by the requests answered): far less
@@ -114,6 +116,7 @@ class DirectSetup(Processes):
 class TacoreSetup:
     worker = 'handler = "tacore.services.echo:Echo"'
     persist = True
+    code = None  # another checkout's tacore to run instead (tacore@DIR)
     prefetch = 4  # set from --prefetch
 
     def __init__(self, tmp: Path, workers: int):
@@ -123,7 +126,9 @@ class TacoreSetup:
                           f'[state]\nenabled = {str(self.persist).lower()}\n'
                           f'[services.echo]\n{self.worker}\n'
                           f'workers = {workers}\nprefetch = {self.prefetch}\n')
-        self.proc = subprocess.Popen([TACORED, "--config", str(config)], stderr=subprocess.DEVNULL)
+        env = {**os.environ, "PYTHONPATH": self.code} if self.code else None
+        self.proc = subprocess.Popen([TACORED, "--config", str(config)], env=env,
+                                     stderr=subprocess.DEVNULL)
         self.broker_pid = self.proc.pid
         self.endpoints = [f"ipc://{tmp}/run/frontend.sock"]
         from tacore.control.client import ControlClient
@@ -161,6 +166,15 @@ class TacoreMdpSetup(TacoreSetup):
 
 SETUPS = {"proxy": ProxySetup, "direct": DirectSetup, "tacore": TacoreSetup,
           "tacore-nostate": TacoreNoStateSetup, "tacore-mdp": TacoreMdpSetup}
+
+
+def make_setup(kind: str, tmp: Path, workers: int):
+    """A setup by name; ``tacore@DIR`` is tacore run from another checkout (e.g. a ``git
+    worktree`` of an older commit), for a before/after comparison in one command."""
+    if "@" in kind:
+        name, code = kind.split("@", 1)
+        return type(name, (SETUPS[name],), {"code": code})(tmp, workers)
+    return SETUPS[kind](tmp, workers)
 
 
 # --- the load generator -------------------------------------------------------------------------
@@ -260,7 +274,7 @@ def main():
         for workers in (int(w) for w in args.workers.split(",")):
             for _ in range(args.rounds):
                 for kind in kinds:
-                    setup = SETUPS[kind](Path(tmp), workers)
+                    setup = make_setup(kind, Path(tmp), workers)
                     try:
                         for clients, size in loads:
                             runs.setdefault((workers, clients, size, kind), []).append(
@@ -279,7 +293,8 @@ def report(runs: dict, kinds: list[str], args) -> None:
     reference = kinds[0]
     results = {"machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()},
                "rounds": args.rounds, "seconds": args.seconds, "runs": []}
-    print(f"{'workers':>7} {'clients':>7} {'body':>6}  {'setup':<14} {'req/s':>8} {'p50 ms':>8} "
+    width = max(14, *map(len, kinds))
+    print(f"{'workers':>7} {'clients':>7} {'body':>6}  {'setup':<{width}} {'req/s':>8} {'p50 ms':>8} "
           f"{'p99 ms':>8} {'gen cpu':>7} {'cpu µs/req':>10}  ratio to {reference} (same round)")
     for (workers, clients, size, kind), rounds in sorted(runs.items(), key=_order(kinds)):
         med = {k: statistics.median(r[k] for r in rounds)
@@ -298,7 +313,7 @@ def report(runs: dict, kinds: list[str], args) -> None:
                      f"p99 x{row['p99_ratio']:.2f}")
         results["runs"].append(row)
         cpu = "" if med["cpu_us"] is None else f"{med['cpu_us']:.1f}"
-        print(f"{workers:>7} {clients:>7} {size:>6}  {kind:<14} {med['rps']:>8.0f} "
+        print(f"{workers:>7} {clients:>7} {size:>6}  {kind:<{width}} {med['rps']:>8.0f} "
               f"{med['p50_ms']:>8.3f} {med['p99_ms']:>8.3f} {med['loadgen_cpu']:>7.2f} "
               f"{cpu:>10}{extra}")
     if args.json:
