@@ -15,13 +15,18 @@ PIP_ARGS ?=
 DURATION ?= 30m
 FUZZ_EXAMPLES ?= 20000
 
-.PHONY: run test test-systemd check bench soak fuzz install clean
+RUNS ?= 3
+
+.PHONY: run test test-busy test-systemd check bench soak fuzz install clean
 
 run: $(STAMP)  ## start tacored in the foreground on the default config
 	$(BIN)/tacored --config $(CONFIG)
 
 test: $(STAMP)  ## run the whole test suite
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-busy: $(STAMP)  ## the suite RUNS (default 3) times beside a busy loop pinned to core 0
+	bash tests/busy.sh $(RUNS) $(BIN)/pytest
 
 test-systemd: $(STAMP)  ## boot a real systemd in a container and test the unit (root)
 	bash tests/systemd/run.sh
