@@ -31,9 +31,10 @@ test-busy: $(STAMP)  ## the suite RUNS (default 3) times beside a busy loop pinn
 test-systemd: $(STAMP)  ## boot a real systemd in a container and test the unit (root)
 	bash tests/systemd/run.sh
 
-bench: $(STAMP)  ## broker against zmq.proxy, supervision timings, scale, state size (~9 min)
+bench: $(STAMP)  ## broker against zmq.proxy, supervision and spawn timings, scale, state size (~12 min)
 	$(BIN)/python bench/broker.py --json bench/results-broker.json
 	$(BIN)/python bench/supervision.py --json bench/results-supervision.json
+	$(BIN)/python bench/spawn.py --json bench/results-spawn.json
 	$(BIN)/python bench/scale.py --json bench/results-scale.json
 	$(BIN)/python bench/state_size.py
 
