@@ -144,6 +144,41 @@ def test_a_sigkilled_busy_external_worker_gives_502_within_two_intervals(start_d
         client.close()
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_busy_external_worker_silent_beyond_the_expiry_is_answered_once(start_daemon, peers,
+                                                                          version):
+    """A spec-written worker busy three times longer than interval x liveness (it reads none
+    of the broker's heartbeats meanwhile) is neither expired nor "502"ed: its one reply
+    reaches the client as "200", and it stays registered."""
+    d = start_daemon({**TOOL, "outside": {"workers": 0, "request_timeout": 30}},
+                     broker={"heartbeat_interval": INTERVAL, "heartbeat_liveness": 3})
+    peer = peers(d, "outside", version)
+    wait_until(registered(d, "outside"), 5, "the worker")
+    (before,) = d.workers("outside")
+    busy = 3 * 3 * INTERVAL  # three expiries: long past what an idle worker is allowed
+    client = Dealer(frontend(d))
+    try:
+        t0 = time.monotonic()
+        client.send(b"outside", b"sleep:%g" % busy)
+        replies = client.replies(timeout=busy + 5, then=2 * INTERVAL)  # nothing after it
+        took = time.monotonic() - t0
+    finally:
+        client.close()
+    assert [r[3:] for r in replies] == [[b"200", b"sleep:%g" % busy]], replies
+    assert took >= busy, took
+    # The broker heartbeated the busy worker all along (about busy / INTERVAL beats; at least
+    # liveness of them even on a starved machine), and still waited for its reply:
+    heard = peer.proc.stdout.readline().decode()
+    assert heard.startswith(f"busy {busy:g}, heard "), heard
+    assert int(heard.split()[3]) >= 3, heard
+    assert peer.proc.poll() is None  # no DISCONNECT
+    (after,) = d.workers("outside")
+    assert after["identity"] == before["identity"] and after["requests"] == 1
+    assert not d.events("worker.lost") and not d.events("request.timeout")
+    assert d.call("metrics")["services"]["outside"]["by_status"] == {"200": 1}
+    assert v1_call(frontend(d), b"outside", [b"again"])[2:] == [b"200", b"again"]
+
+
 def test_mmi_service_counts_only_live_workers(start_daemon, peers):
     d = start_daemon(TOOL, broker={"heartbeat_interval": 5})  # no heartbeat would notice
     peer = peers(d, "outside")
