@@ -69,6 +69,7 @@ class Broker(Liveness):
         self.workers: dict[bytes, WorkerLink] = {}
         self.expected: dict[bytes, Expected] = {}  # our workers, by identity
         self.stopping = False
+        self.drain_until = float("inf")  # shutdown: external workers' requests may finish
         self.unknown_service = 0  # requests answered "404"
         self.sequence = 0
         self.next_heartbeat = float("inf")  # set by start()
@@ -437,16 +438,36 @@ class Broker(Liveness):
     on_fact = {f.Expect: _expect, f.Retire: _retire, f.Gone: _gone,
                f.ServiceFatal: _service_fatal}
 
-    def stop_accepting(self, now: float) -> None:
-        """Shutdown: new requests get "503"; queued ones are answered "503" now."""
+    def stop_accepting(self, now: float, drain_until: float = float("inf")) -> None:
+        """Shutdown: new requests get "503"; queued ones are answered "503" now; the ones
+        external workers hold may finish until ``drain_until`` (see ``drained``)."""
         self.stopping = True
+        self.drain_until = drain_until
         for route in self.routes.values():
             while route.queue:
                 self._error(route.queue.popleft(), b"503", "shutting_down",
                             "the daemon is shutting down", now)
 
+    def drained(self, now: float) -> bool:
+        """Shutdown: whether no external worker holds a request any more. The supervisor
+        drains the daemon's own workers; external ones (and other nodes' workers) are drained
+        here, as long: at ``drain_until`` each request one still holds is answered "502"
+        (it may have run) and the worker is told DISCONNECT."""
+        busy = [link for link in self.workers.values() if link.external and link.inflight]
+        if not busy or now < self.drain_until:
+            return not busy
+        for link in busy:
+            req = link.inflight.popleft()  # an external worker holds one
+            req.worker = None
+            self._error(req, b"502", "shutting_down", "the daemon stopped before the worker "
+                        "answered ([daemon] stop_timeout)", now)
+            self._drop_link(link, now)
+            self.to_worker(mdp.worker_command(link.identity, link.version, mdp.DISCONNECT))
+        return True
+
     def next_deadline(self) -> float:
-        return min(self.next_heartbeat, self.next_expiry)
+        draining = self.drain_until if self.stopping else float("inf")
+        return min(self.next_heartbeat, self.next_expiry, draining)
 
     def _complain(self, event: str, now: float, **fields) -> None:
         """Log a bad peer, at most COMPLAINTS_PER_SECOND lines a second (a flood is counted)."""
