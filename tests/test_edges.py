@@ -179,6 +179,33 @@ def test_a_busy_external_worker_silent_beyond_the_expiry_is_answered_once(start_
     assert v1_call(frontend(d), b"outside", [b"again"])[2:] == [b"200", b"again"]
 
 
+@pytest.mark.parametrize("body, stop_timeout, answer", [
+    (b"sleep:0.5", 10, [b"200", b"sleep:0.5"]),  # finishes while the daemon stops
+    (b"hang", 0.5, [b"502"]),  # never finishes: given up at stop_timeout
+], ids=["finishes", "never-finishes"])
+def test_a_stopping_daemon_waits_for_what_an_external_worker_holds(start_daemon, peers, body,
+                                                                  stop_timeout, answer):
+    """SIGTERM while an external worker runs a request: the daemon answers it — the worker's
+    reply if it comes within [daemon] stop_timeout, else "502" shutting_down — and only then
+    exits 0."""
+    d = start_daemon({**TOOL, "outside": {"workers": 0, "request_timeout": 30}},
+                     broker={"heartbeat_interval": INTERVAL},
+                     daemon={"stop_timeout": stop_timeout})
+    peers(d, "outside")
+    wait_until(registered(d, "outside"), 5, "the worker")
+    client = Dealer(frontend(d))
+    try:
+        client.send(b"outside", body)
+        wait_until(lambda: d.workers("outside")[0]["state"] == "BUSY", 5, "the worker busy")
+        d.proc.send_signal(signal.SIGTERM)
+        replies = client.replies(timeout=stop_timeout + 5)
+    finally:
+        client.close()
+    assert len(replies) == 1 and replies[0][3:3 + len(answer)] == answer, replies
+    assert answer[0] == b"200" or b"shutting_down" in replies[0][4], replies
+    assert d.proc.wait(10) == 0
+
+
 def test_mmi_service_counts_only_live_workers(start_daemon, peers):
     d = start_daemon(TOOL, broker={"heartbeat_interval": 5})  # no heartbeat would notice
     peer = peers(d, "outside")

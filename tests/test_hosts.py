@@ -116,6 +116,14 @@ def net(workdir):
             d.kill()
 
 
+def count_statuses(records: list[dict]) -> dict[str, int]:
+    """How many of the load's requests got each status."""
+    statuses: dict[str, int] = {}
+    for r in records:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    return statuses
+
+
 def echo_workers(d: RunningDaemon, service: str = "echo") -> list[dict]:
     return d.status()["services"].get(service, {"workers": []})["workers"]
 
@@ -174,9 +182,7 @@ def test_a_partition_of_the_node_under_load_answers_every_request_once_and_heals
 
     assert records and all(r["replies"] == 1 for r in records), \
         [r for r in records if r["replies"] != 1][:5]  # none lost, none duplicated
-    statuses = {}
-    for r in records:
-        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    statuses = count_statuses(records)
     assert set(statuses) <= {"200", "502", "503", "504"}, statuses
     by_status = a.call("metrics")["services"]["echo"]["by_status"]
     assert by_status == statuses, (by_status, statuses)  # A answered each request once
@@ -330,9 +336,7 @@ def test_a_restart_of_the_broker_under_load_answers_every_request_once(net):
 
     assert records and all(r["replies"] == 1 for r in records), \
         [r for r in records if r["replies"] != 1][:5]  # none lost, none duplicated
-    statuses = {}
-    for r in records:
-        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    statuses = count_statuses(records)
     assert set(statuses) <= {"200", "502", "503", "504"}, statuses
     retried = [r for r in records if r["attempts"] > 1]
     assert all(stopped < r["sent"] < back for r in retried), retried
