@@ -176,3 +176,5 @@ def test_shutdown_waits_for_requests_external_workers_hold_until_the_drain_deadl
     assert net.replies[-1][0] == second and net.replies[-1][1][0] == b"502"
     assert b"shutting_down" in net.replies[-1][1][1] and len(disconnects) == 1
     assert net.broker.drained(7.0) and len(net.replies) == 3
+    # The passed drain deadline is no deadline any more (the daemon's loop would spin on it):
+    assert net.broker.next_deadline() == min(net.broker.next_heartbeat, net.broker.next_expiry)

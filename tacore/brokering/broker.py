@@ -466,8 +466,10 @@ class Broker(Liveness):
         return True
 
     def next_deadline(self) -> float:
-        draining = self.drain_until if self.stopping else float("inf")
-        return min(self.next_heartbeat, self.next_expiry, draining)
+        deadline = min(self.next_heartbeat, self.next_expiry)
+        if self.stopping and any(w.external and w.inflight for w in self.workers.values()):
+            deadline = min(deadline, self.drain_until)  # (once passed, drained() empties them)
+        return deadline
 
     def _complain(self, event: str, now: float, **fields) -> None:
         """Log a bad peer, at most COMPLAINTS_PER_SECOND lines a second (a flood is counted)."""

@@ -421,7 +421,10 @@ class Daemon:
     def _stopped(self, now: float) -> bool:
         """Shutdown is done: every worker has exited, and no external worker (another node's
         worker among them) holds a request the broker must answer."""
-        return self.stopping and self.supervisor.all_stopped() and self.broker.drained(now)
+        if not self.stopping:
+            return False
+        drained = self.broker.drained(now)  # asked every turn: at its deadline it answers
+        return drained and self.supervisor.all_stopped()
 
     def _answer_last_requests(self, now: float) -> None:
         """Requests that reached the frontends since the loop last read them get their "503"
