@@ -125,9 +125,13 @@ def test_a_lingering_queue_without_worker_answers_503(start_daemon, peers):
 @pytest.mark.parametrize("version", [1, 2])
 def test_a_sigkilled_busy_external_worker_gives_502_within_two_intervals(start_daemon, peers,
                                                                         version):
+    """A busy 7/MDP or 18/MDP worker SIGKILLed: its client gets "502" within two heartbeat
+    intervals, not at request_timeout (30 s). The interval is 1 s here, not INTERVAL: on a
+    busy machine a few hundred ms of scheduling delay must stay a small part of the limit."""
+    interval = 1.0
     d = start_daemon({**TOOL, "outside": {"workers": 0, "request_timeout": 30}},
-                     broker={"heartbeat_interval": INTERVAL})
-    peer = peers(d, "outside", version)
+                     broker={"heartbeat_interval": interval})
+    peer = peers(d, "outside", version, interval)
     wait_until(registered(d, "outside"), 5, "the worker")
     client = Dealer(frontend(d))
     try:
@@ -138,7 +142,7 @@ def test_a_sigkilled_busy_external_worker_gives_502_within_two_intervals(start_d
         replies = client.replies(timeout=5)
         took = time.monotonic() - t0
         assert len(replies) == 1 and replies[0][3] == b"502", replies
-        assert took < 2 * INTERVAL, f"502 after {took:.3f}s"
+        assert took < 2 * interval, f"502 after {took:.3f}s"
         d.wait_event("worker.lost", service="outside", external=True)
     finally:
         client.close()
