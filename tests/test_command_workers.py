@@ -64,8 +64,14 @@ def killed_mid_request_is_502_and_replaced(d, service: str) -> None:
                10, "a new worker")
 
 
+# A Python program needs a moment to import pyzmq before it blocks (and registers its stack
+# dump): seconds on a busy machine, so the start timeout of these two is 3 s, not 1.
+SLOW_START = 3
+
+
 def test_a_command_worker_blocked_before_ready_shows_its_proc_view(start_daemon):
-    d = start_daemon({"prog": {"command": PEER, "cwd": str(ROOT), "start_timeout": 1,
+    """A program blocked before READY: its start timeout logs the /proc view and its output."""
+    d = start_daemon({"prog": {"command": PEER, "cwd": str(ROOT), "start_timeout": SLOW_START,
                                "env": {"PEER_HANG_BEFORE_READY": "1"}}}, wait_ready=False)
     event = d.wait_event("worker.start_timeout", service="prog")[0]
     assert "/proc view of pid" in event["stack"] and "wchan" in event["stack"]
@@ -76,7 +82,8 @@ def test_a_command_worker_blocked_before_ready_shows_its_proc_view(start_daemon)
 
 
 def test_a_python_program_that_registers_faulthandler_gets_its_stack_too(start_daemon):
-    d = start_daemon({"prog": {"command": PEER, "cwd": str(ROOT), "start_timeout": 1,
+    """A Python program that registers faulthandler on TACORE_STACK_FD gets its own stack."""
+    d = start_daemon({"prog": {"command": PEER, "cwd": str(ROOT), "start_timeout": SLOW_START,
                                "env": {"PEER_HANG_BEFORE_READY": "1", "PEER_FAULTHANDLER": "1"}}},
                      wait_ready=False)
     event = d.wait_event("worker.start_timeout", service="prog")[0]
