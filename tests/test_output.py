@@ -7,6 +7,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -83,7 +84,16 @@ def test_logs_follow_shows_new_lines_attributed_and_ends_cleanly(start_daemon, s
                            5)
         assert [sum(x.endswith(w) for x in seen) for w in wanted] == [1, 1], seen
         follower.send_signal(stop)
-        assert follower.wait(5) == 0
+        try:
+            assert follower.wait(5) == 0
+        except subprocess.TimeoutExpired:  # say where it is stuck
+            state = Path(f"/proc/{follower.pid}/stat").read_text().split(") ")[1][0]
+            wchan = Path(f"/proc/{follower.pid}/wchan").read_text()
+            pytest.fail(f"logs -f did not stop on {stop.name} within 5 s: state {state}, "
+                        f"wchan {wchan}, signals pending/blocked/caught " +
+                        " ".join(x for x in Path(f"/proc/{follower.pid}/status").read_text()
+                                 .splitlines() if x.startswith(("SigPnd", "ShdPnd", "SigBlk",
+                                                                "SigCgt"))))
         assert follower.stderr.read() == ""  # no traceback, no "Aborted!"
     finally:
         if follower.poll() is None:
