@@ -19,7 +19,6 @@ means ``b"\x00" + TAG + identity``: ``return_paths[TAG]`` sends the reply on (RE
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import sys
@@ -38,17 +37,16 @@ from tacore.brokering.routes import RateLimit
 from tacore import config as configuration
 from tacore.config import Config, kept_as_running, restart_needed
 from tacore.control.server import ControlServer
-from tacore.daemon import sampling, sockets, views
+from tacore.daemon import sampling, sockets, views, web
 from tacore.daemon.sampling import Sampler
 from tacore.daemon.security import CurveGuard, client_keys
 from tacore.daemon.notify import Notifier
 from tacore.daemon.signals import SignalPipe
 from tacore.events import Event
 from tacore.errors import EX_UNAVAILABLE, ConfigError, StartupError
-from tacore.health import assess_health, pool_summary
+from tacore.health import pool_summary
 from tacore.observability.http import HttpEndpoint
 from tacore.observability.logging import configure_logging, log_event
-from tacore.observability.prometheus import exposition
 from tacore.persistence.store import Store
 from tacore.runtime.loader import load_handler
 from tacore.supervision.spawner import Spawner
@@ -168,9 +166,7 @@ class Daemon:
         self._watch(self.control_sock, self.control.on_readable)
         if self.config.http.listen:
             sock = self._socket(zmq.STREAM, [f"tcp://{self.config.http.listen}"], "http")
-            self.http = HttpEndpoint(sock, {"/metrics": self._http_metrics,
-                                            "/healthz": self._http_health,
-                                            "/status": self._http_status})
+            self.http = HttpEndpoint(sock, web.routes(self), self.emit)
             self._watch(sock, self.http.on_readable)
 
     def _to_client(self, frames: list) -> None:
@@ -267,7 +263,8 @@ class Daemon:
         now = time.monotonic()
         deadlines = [d for d in (self.supervisor.next_deadline(), self.broker.next_deadline(),
                                  self.uplinks.next_deadline(), self.spawner_retry,
-                                 self.next_sample, self.notifier.next_watchdog or None)
+                                 self.next_sample, self.notifier.next_watchdog or None,
+                                 self.http and self.http.due)
                      if d is not None]
         timeout = min([MAX_POLL] + [max(0.0, d - now) for d in deadlines])
         polled_at = self.registrations
@@ -353,6 +350,8 @@ class Daemon:
         self._settle(now)
         self.supervisor.tick(now)
         self._settle(now)
+        if self.http is not None and self.http.due is not None and now >= self.http.due:
+            self.http.tick(now)  # slow and idle HTTP clients
         if now >= self.next_sample:
             self._sample(now)
             self.next_sample = now + self.config.state.sample_interval
@@ -363,7 +362,7 @@ class Daemon:
         self.supervisor.sample(now)
         self.sampler.daemon(self.loop_lag)
         self.loop_lag = 0.0
-        self.sampler.latency(self.broker.routes)
+        self.sampler.latency(self.broker.routes, now)
         for table, rows in sampling.rows(self.metrics(), time.time()).items():
             self.store.add_samples(table, rows)
 
@@ -471,14 +470,3 @@ class Daemon:
         daemon = dataclasses.replace(self.config.daemon, log_level=level)
         self.config = dataclasses.replace(self.config, daemon=daemon)
         self.supervisor.config = self.config
-
-    def _http_metrics(self):
-        return 200, "text/plain; version=0.0.4; charset=utf-8", exposition(self.metrics())
-
-    def _http_health(self):
-        health = assess_health(self.status())
-        body = "healthy\n" if health["healthy"] else "\n".join(health["problems"]) + "\n"
-        return (200 if health["healthy"] else 503), "text/plain; charset=utf-8", body.encode()
-
-    def _http_status(self):
-        return 200, "application/json", json.dumps(self.status()).encode()

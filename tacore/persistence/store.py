@@ -253,6 +253,36 @@ class Store:
                                f"LIMIT ?) ORDER BY id", (*args, limit)).fetchall()
         return [_event_dict(row) for row in rows]
 
+    def service_series(self, since: float, step: float) -> list[tuple]:
+        """(service, bucket start, requests/s, p99) per service and ``step`` seconds since
+        ``since``: one range scan of the ts index. requests/s is the increase of the counter
+        between consecutive samples (a daemon restart, which resets it, leaves a gap)."""
+        return self._series("""
+            SELECT service, CAST(ts / :step AS INTEGER) * :step AS bucket,
+                   avg(CASE WHEN rate >= 0 THEN rate END), max(p99)
+            FROM (SELECT service, ts, p99,
+                         (requests - lag(requests) OVER w) / (ts - lag(ts) OVER w) AS rate
+                  FROM service_samples WHERE ts >= :since
+                  WINDOW w AS (PARTITION BY service ORDER BY ts))
+            GROUP BY service, bucket ORDER BY service, bucket""", since, step)
+
+    def worker_series(self, since: float, step: float) -> list[tuple]:
+        """(service, slot, bucket start, CPU %, RSS bytes), averaged per ``step`` seconds
+        since ``since``: one range scan of the ts index."""
+        return self._series("""
+            SELECT service, slot, CAST(ts / :step AS INTEGER) * :step AS bucket,
+                   avg(cpu_percent), avg(rss_bytes)
+            FROM worker_samples WHERE ts >= :since
+            GROUP BY service, slot, bucket ORDER BY service, slot, bucket""", since, step)
+
+    def _series(self, sql: str, since: float, step: float) -> list[tuple]:
+        if self.db is None:
+            return []
+        try:
+            return self.db.execute(sql, {"since": since, "step": step}).fetchall()
+        except sqlite3.Error:
+            return []  # degraded: the next flush finds out and says so
+
     def status(self) -> dict:
         info = {"path": str(self.path), "degraded": self.degraded, "enabled": self.enabled}
         if self.db is not None:
