@@ -129,6 +129,9 @@ class HttpServer:
                 return out + self._bad(cid, client, e, wall)
             kind = type(event)
             if kind is h11.Request:  # its body (if any) and EndOfMessage follow
+                too_long = _too_long(event)
+                if too_long:  # (h11 bounds only a head that arrives in pieces)
+                    return out + self._drop(cid, _refusal(too_long[0], too_long[1], wall))
                 client.request, client.body = _parse(event), 0
             elif kind is h11.Data:
                 client.body += len(event.data)
@@ -208,6 +211,15 @@ class HttpServer:
 
     def _schedule(self) -> None:
         self.due = min((c.deadline for c in self.clients.values()), default=None)
+
+
+def _too_long(request: h11.Request) -> tuple[int, str] | None:
+    """(400, why) for a request line over MAX_HEAD, (431, why) for a head over it."""
+    if len(request.target) > MAX_HEAD:
+        return 400, f"request line over {MAX_HEAD} bytes\n"
+    if len(request.target) + sum(len(k) + len(v) + 4 for k, v in request.headers) > MAX_HEAD:
+        return 431, f"request line and headers over {MAX_HEAD} bytes\n"
+    return None
 
 
 def _parse(request: h11.Request) -> tuple[bytes, str, dict]:
