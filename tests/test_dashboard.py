@@ -56,7 +56,8 @@ def test_series_are_one_indexed_range_query_each(tmp_path):
     assert len(rates) == 40 and sum(r is None for _, r in rates) <= 1
     workers = store.worker_series(now - 3600, 30)
     assert {(name, slot) for name, slot, *_ in workers} == {("a", 0), ("a", 1)}
-    assert {(slot, cpu, rss) for _, slot, _, cpu, rss in workers} == {(0, 0.0, 1000), (1, 10.0, 2000)}
+    assert {(slot, cpu, rss) for _, slot, _, cpu, rss in workers} \
+        == {(0, 0.0, 1000), (1, 10.0, 2000)}
     for table in ("service_samples", "worker_samples"):
         plan = store.db.execute(f"EXPLAIN QUERY PLAN SELECT * FROM {table} WHERE ts >= 0")
         assert f"USING INDEX {table}_ts" in str(plan.fetchall())

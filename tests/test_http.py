@@ -163,6 +163,9 @@ def test_a_route_that_raises_is_a_500_and_reported():
     parsed = answers(s.received(b"c", get(b"/broken") + get(), 1.0, 0.0))
     assert [p[0] for p in parsed] == [500, 200]
     assert s.failures[0][0] == "/broken" and "KeyError: 'oops'" in s.failures[0][1]
+    s = server(**{"/header": lambda query: Reply(200, "text/plain", b"x", (("X", "a\nb"),))})
+    parsed = answers(s.received(b"c", get(b"/header"), 1.0, 0.0))
+    assert parsed[0][0] == 500 and parsed[-1] == "closed" and s.failures[0][0] == "/header"
 
 
 def test_unknown_paths_are_404_and_data_after_close_is_ignored():

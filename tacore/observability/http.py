@@ -152,11 +152,15 @@ class HttpServer:
         reply = self._reply(method, path, query)
         headers = [("Content-Type", reply.content_type), ("Content-Length", str(len(reply.body))),
                    ("Date", _date(wall)), *COMMON, *reply.headers]
-        data = conn.send(h11.Response(status_code=reply.status, headers=headers,
-                                      reason=_reason(reply.status)))
-        if method != b"HEAD" and reply.body:
-            data += conn.send(h11.Data(data=reply.body))
-        data += conn.send(h11.EndOfMessage())
+        try:
+            data = conn.send(h11.Response(status_code=reply.status, headers=headers,
+                                          reason=_reason(reply.status)))
+            if method != b"HEAD" and reply.body:
+                data += conn.send(h11.Data(data=reply.body))
+            data += conn.send(h11.EndOfMessage())
+        except h11.LocalProtocolError:  # a route's reply h11 cannot frame (a bad header)
+            self.failures.append((path, traceback.format_exc()))
+            return self._drop(cid, _refusal(500, "internal error\n", wall))
         if conn.our_state is h11.MUST_CLOSE:  # HTTP/1.0, or the client said close
             return self._drop(cid, data)
         conn.start_next_cycle()

@@ -65,7 +65,8 @@
 
   function serviceRow(s) {
     return row({ "data-service": s.name, class: s.healthy ? "ok" : "failing" }, [
-      s.name, `${s.ready}/${s.workers} (min ${s.min_ready})` + (s.external ? ` (+${s.external} external)` : ""),
+      s.name,
+      `${s.ready}/${s.workers} (min ${s.min_ready})` + (s.external ? ` (+${s.external} external)` : ""),
       s.healthy ? "ok" : s.problem, s.queue, fmt.number(s.per_second), fmt.ms(s.p50),
       fmt.ms(s.p99), fmt.statuses(s.by_status), s.restarts]);
   }
@@ -74,7 +75,9 @@
     let text = w.state;
     if (w.state === "FATAL") text += ": " + w.fatal_reason;
     else if (w.starting_late) text += ` for ${fmt.duration(w.state_for)} of ${fmt.duration(w.start_timeout)}`;
-    else if (w.state === "BACKOFF" && w.backoff_remaining !== null) text += ", retry in " + fmt.duration(w.backoff_remaining);
+    else if (w.state === "BACKOFF" && w.backoff_remaining !== null) {
+      text += ", retry in " + fmt.duration(w.backoff_remaining);
+    }
     if (w.draining) text += ` (draining: ${w.draining})`;
     return text + (w.external ? " (external)" : "");
   }
@@ -84,7 +87,8 @@
   }
 
   function workerRow(w, now) {
-    return row({ "data-worker": workerKey(w), class: `state-${w.state}` + (w.starting_late ? " late" : "") }, [
+    const attrs = { "data-worker": workerKey(w), class: `state-${w.state}` + (w.starting_late ? " late" : "") };
+    return row(attrs, [
       w.service, w.slot === null ? "-" : w.slot, workerState(w), w.pid || "-",
       fmt.duration(w.uptime), fmt.duration(w.last_seen), w.requests, fmt.number(w.cpu_percent),
       fmt.bytes(w.rss_bytes), w.restarts, fmt.exit(w.last_exit, now)]);
@@ -101,8 +105,8 @@
       el("span", { class: "context" }, e.context));
     if (e.stack || e.output) {
       const text = (e.stack || "") + (e.output ? "\n--- output ---\n" + e.output.join("\n") : "");
-      item.append(el("details", {}, el("summary", {}, e.blocked_at ? "blocked at " + e.blocked_at : "details"),
-        el("pre", {}, text)));
+      const summary = e.blocked_at ? "blocked at " + e.blocked_at : "details";
+      item.append(el("details", {}, el("summary", {}, summary), el("pre", {}, text)));
     }
     return item;
   }
@@ -112,7 +116,8 @@
     const keys = events.map(eventKey);
     const shown = Array.from(list.children, (li) => li.dataset.event);
     if (keys.join("\n") === shown.join("\n")) return; // nothing new: keep what is open
-    const open = new Set(Array.from(list.querySelectorAll("details[open]"), (d) => d.parentElement.dataset.event));
+    const opened = list.querySelectorAll("details[open]");
+    const open = new Set(Array.from(opened, (d) => d.parentElement.dataset.event));
     list.replaceChildren(...events.map(eventItem));
     for (const li of list.children) {
       if (open.has(li.dataset.event)) li.querySelector("details").open = true;

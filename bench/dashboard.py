@@ -1,0 +1,198 @@
+"""The dashboard's cost to the broker, and the size and build time of its figures.
+
+    .venv/bin/python bench/dashboard.py [--workers 4] [--clients 8] [--rounds 6] [--seconds 5]
+                                        [--big 64] [--json FILE]
+
+1. Throughput of one daemon (``[http] listen`` set, an echo service) under the load
+   generator of bench/broker.py, with and without a poller that fetches /api/dashboard and
+   /api/plots every second over one kept-alive connection (what an open dashboard does),
+   in interleaved rounds; the ratio with/without is taken within each round.
+2. A daemon with ``--big`` workers and a state database holding an hour of their samples:
+   the size of /api/dashboard, /api/plots and / and their build time inside the daemon
+   (its Server-Timing header), for the first plots read (the whole hour) and the next ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import broker  # noqa: E402  (the load generator)
+import waiting  # noqa: E402
+
+from tacore.control.client import ControlClient  # noqa: E402
+from tacore.persistence.store import Store  # noqa: E402
+
+TACORED = str(Path(sys.executable).with_name("tacored"))
+PAGES = ("/api/dashboard", "/api/plots")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    """tacored with an echo service and the HTTP endpoint; ``endpoints``/``request`` as
+    bench/broker.py's setups."""
+
+    def __init__(self, tmp: Path, workers: int):
+        self.port = free_port()
+        tmp.mkdir(parents=True, exist_ok=True)
+        config = tmp / "tacore.toml"
+        config.write_text(f'[daemon]\nruntime_dir = "{tmp}/run"\nstate_dir = "{tmp}/state"\n'
+                          f'log_level = "warning"\n[http]\nlisten = "127.0.0.1:{self.port}"\n'
+                          f'[services.echo]\nhandler = "tacore.services.echo:Echo"\n'
+                          f'workers = {workers}\n')
+        self.proc = subprocess.Popen([TACORED, "--config", str(config)],
+                                     stderr=subprocess.DEVNULL)
+        self.endpoints = [f"ipc://{tmp}/run/frontend.sock"]
+        control = ControlClient(f"ipc://{tmp}/run/control.sock", timeout=2)
+        waiting.until(lambda: all(w["state"] == "READY" for w in
+                                  control.call("status")["services"]["echo"]["workers"]),
+                      120, interval=0.1)
+
+    def request(self, body: bytes) -> list[bytes]:
+        return [b"MDPC01", b"echo", body]
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+
+
+def get(conn: http.client.HTTPConnection, path: str) -> tuple[int, float]:
+    """(body bytes, build milliseconds from Server-Timing) of one GET."""
+    conn.request("GET", path)
+    response = conn.getresponse()
+    body = response.read()
+    assert response.status == 200, (path, response.status)
+    timing = response.getheader("Server-Timing", "build;dur=nan")
+    return len(body), float(timing.partition("dur=")[2])
+
+
+def _poll(port: int, stop, out) -> None:
+    """An open dashboard: every second, its JSON and its plots, on one connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    builds = []
+    while not stop.wait(1.0):
+        for path in PAGES:
+            builds.append(get(conn, path)[1])
+    conn.close()
+    out.send(builds)
+
+
+def throughput(args, tmp: Path) -> dict:
+    daemon = Daemon(tmp / "a", args.workers)
+    body = broker.body_of(64)
+    ctx = multiprocessing.get_context("fork")
+    rounds, builds = [], []
+    try:
+        for r in range(args.rounds):
+            figures = {}
+            for polled in ((False, True) if r % 2 == 0 else (True, False)):
+                poller = None
+                if polled:
+                    stop, (theirs, ours) = ctx.Event(), ctx.Pipe(duplex=False)
+                    poller = ctx.Process(target=_poll, args=(daemon.port, stop, ours))
+                    poller.start()
+                figures[polled] = broker.measure(daemon, args.clients, body, args.seconds)
+                if poller is not None:
+                    stop.set()
+                    builds += theirs.recv()
+                    poller.join()
+            rounds.append({"without": figures[False], "with": figures[True],
+                           "ratio": round(figures[True]["rps"] / figures[False]["rps"], 3)})
+            print(f"round {r + 1}: {figures[False]['rps']} req/s without, "
+                  f"{figures[True]['rps']} with the dashboard polled: "
+                  f"ratio {rounds[-1]['ratio']}", flush=True)
+    finally:
+        daemon.stop()
+    return {"rounds": rounds, "ratio": statistics.median(r["ratio"] for r in rounds),
+            "polls": len(builds) // len(PAGES),
+            "build_ms_median": round(statistics.median(builds), 3) if builds else None,
+            "build_ms_max": round(max(builds), 3) if builds else None}
+
+
+def prefill(state: Path, workers: int, services: int = 8) -> None:
+    """An hour of samples every 5 s, as a daemon with ``workers`` workers writes them."""
+    store = Store(state / "tacore.db", 14, 1000)
+    store.open(0.0)
+    now = time.time()
+    for i in range(720):
+        ts = now - 3600 + i * 5
+        store.add_samples("worker_samples", [
+            (ts, "echo", w, 1000 + w, "READY", 1.0, 30_000_000, 2, 10, i) for w in range(workers)])
+        store.add_samples("service_samples", [(ts, "echo", i * 100, 0, 0, workers,
+                                               0.001, 0.002, 0.004)])
+    store.flush(1.0)
+    store.close()
+
+
+def big(args, tmp: Path) -> dict:
+    prefill(tmp / "b" / "state", args.big)
+    daemon = Daemon(tmp / "b", args.big)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+        first_plots = get(conn, "/api/plots")
+        figures = {path: [get(conn, path) for _ in range(args.samples)]
+                   for path in ("/api/dashboard", "/api/plots", "/", "/api/workers",
+                                "/status")}
+        conn.close()
+    finally:
+        daemon.stop()
+    result = {"workers": args.big, "first_plots": {"bytes": first_plots[0],
+                                                   "build_ms": first_plots[1]}}
+    for path, runs in figures.items():
+        ms = [m for _, m in runs]
+        result[path] = {"bytes": runs[-1][0], "build_ms_median": round(statistics.median(ms), 3),
+                        "build_ms_max": round(max(ms), 3)}
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--big", type=int, default=64)
+    parser.add_argument("--samples", type=int, default=20, help="fetches of each page")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tc-dash-", dir="/tmp") as tmp:
+        load = throughput(args, Path(tmp))
+        print(f"\nthroughput with the dashboard polled every second / without "
+              f"({args.workers} workers, {args.clients} clients, {args.rounds} interleaved "
+              f"rounds of {args.seconds:g} s): median ratio {load['ratio']:.3f} "
+              f"(rounds: {', '.join(str(r['ratio']) for r in load['rounds'])}); "
+              f"{load['polls']} polls, build {load['build_ms_median']} ms median, "
+              f"{load['build_ms_max']} ms max")
+        sizes = big(args, Path(tmp))
+    print(f"\n{sizes['workers']} workers, an hour of their samples in the state database:")
+    print(f"  first /api/plots (reads the hour): {sizes['first_plots']['bytes']} bytes, "
+          f"built in {sizes['first_plots']['build_ms']:.2f} ms")
+    print(f"  {'path':16} {'bytes':>8} {'build ms (median)':>18} {'max':>8}")
+    for path in ("/api/dashboard", "/api/plots", "/", "/api/workers", "/status"):
+        f = sizes[path]
+        print(f"  {path:16} {f['bytes']:>8} {f['build_ms_median']:>18.2f} "
+              f"{f['build_ms_max']:>8.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"cores": os.cpu_count(), "load": os.getloadavg(),
+                                         "throughput": load, "big": sizes}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
