@@ -9,7 +9,7 @@
    in interleaved rounds; the ratio with/without is taken within each round.
 2. A daemon with ``--big`` workers and a state database holding an hour of their samples:
    the size of /api/dashboard, /api/plots and / and their build time inside the daemon
-   (its Server-Timing header), for the first plots read (the whole hour) and the next ones.
+   (its Server-Timing header), while the plots read the hour (a piece per fetch) and after.
 """
 
 from __future__ import annotations
@@ -73,14 +73,20 @@ class Daemon:
         self.proc.wait(60)
 
 
-def get(conn: http.client.HTTPConnection, path: str) -> tuple[int, float]:
-    """(body bytes, build milliseconds from Server-Timing) of one GET."""
+def fetch(conn: http.client.HTTPConnection, path: str) -> tuple[bytes, float]:
+    """(body, build milliseconds from Server-Timing) of one GET."""
     conn.request("GET", path)
     response = conn.getresponse()
     body = response.read()
     assert response.status == 200, (path, response.status)
     timing = response.getheader("Server-Timing", "build;dur=nan")
-    return len(body), float(timing.partition("dur=")[2])
+    return body, float(timing.partition("dur=")[2])
+
+
+def get(conn: http.client.HTTPConnection, path: str) -> tuple[int, float]:
+    """(body bytes, build milliseconds) of one GET."""
+    body, ms = fetch(conn, path)
+    return len(body), ms
 
 
 def _poll(port: int, stop, out) -> None:
@@ -146,15 +152,17 @@ def big(args, tmp: Path) -> dict:
     daemon = Daemon(tmp / "b", args.big)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
-        first_plots = get(conn, "/api/plots")
+        pieces = []  # the plots read the hour a piece per fetch, as the page's script does
+        while not pieces or not json.loads(fetch(conn, "/api/dashboard")[0])["plots_complete"]:
+            pieces.append(get(conn, "/api/plots"))
         figures = {path: [get(conn, path) for _ in range(args.samples)]
                    for path in ("/api/dashboard", "/api/plots", "/", "/api/workers",
                                 "/status")}
         conn.close()
     finally:
         daemon.stop()
-    result = {"workers": args.big, "first_plots": {"bytes": first_plots[0],
-                                                   "build_ms": first_plots[1]}}
+    result = {"workers": args.big, "filling_plots": {"bytes": pieces[-1][0],
+                                                     "build_ms": [ms for _, ms in pieces]}}
     for path, runs in figures.items():
         ms = [m for _, m in runs]
         result[path] = {"bytes": runs[-1][0], "build_ms_median": round(statistics.median(ms), 3),
@@ -182,8 +190,10 @@ def main():
               f"{load['build_ms_max']} ms max")
         sizes = big(args, Path(tmp))
     print(f"\n{sizes['workers']} workers, an hour of their samples in the state database:")
-    print(f"  first /api/plots (reads the hour): {sizes['first_plots']['bytes']} bytes, "
-          f"built in {sizes['first_plots']['build_ms']:.2f} ms")
+    filling = sizes["filling_plots"]
+    print(f"  /api/plots while reading the hour, a piece per fetch: "
+          f"{', '.join(f'{ms:.1f}' for ms in filling['build_ms'])} ms "
+          f"({filling['bytes']} bytes at the end)")
     print(f"  {'path':16} {'bytes':>8} {'build ms (median)':>18} {'max':>8}")
     for path in ("/api/dashboard", "/api/plots", "/", "/api/workers", "/status"):
         f = sizes[path]

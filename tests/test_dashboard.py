@@ -70,32 +70,46 @@ class CountingStore:
     def __init__(self, store):
         self.store, self.queries = store, []
 
-    def service_series(self, since, step):
+    def service_series(self, since, step, until):
         self.queries.append(("service", since))
-        return self.store.service_series(since, step)
+        return self.store.service_series(since, step, until)
 
-    def worker_series(self, since, step):
+    def worker_series(self, since, step, until):
         self.queries.append(("worker", since))
-        return self.store.worker_series(since, step)
+        return self.store.worker_series(since, step, until)
 
 
-def test_plots_read_the_hour_once_then_only_new_buckets(tmp_path):
-    """The first drawing reads the last hour; the same sample version reads nothing; a new
-    one reads from the newest bucket on, and the result equals a full read."""
+def test_plots_read_the_hour_in_pieces_then_only_new_buckets(tmp_path):
+    """The first drawing reads the newest CHUNK seconds, each next one CHUNK more of the
+    past until the hour is read; then the same sample count reads nothing, a new one only
+    the newest buckets; the result equals one full read."""
     now = 1_800_000_000.0
     counting = CountingStore(sampled_store(tmp_path, now))
     plots = Plots(counting)
-    first = plots.render(1, now)
+    plots.render(1, now)
     assert [q for q, _ in counting.queries] == ["service", "worker"]
-    assert counting.queries[1][1] <= now - 3600
-    assert plots.render(1, now) is first and len(counting.queries) == 2
+    assert counting.queries[1][1] >= now - Plots.CHUNK - dashboard.STEP
+    assert not plots.complete(now)
+    drawings = 1
+    while not plots.complete(now):
+        plots.render(1, now)
+        drawings += 1
+        assert drawings <= dashboard.SPAN / Plots.CHUNK + 1
+        assert all(since >= now - dashboard.SPAN - 2 * dashboard.STEP
+                   for _, since in counting.queries[-4:])
+    full = plots.render(1, now)
+    queries = len(counting.queries)
+    assert plots.render(1, now) is full and len(counting.queries) == queries  # nothing read
     counting.store.add_samples("worker_samples", [(now + 40, "a", 0, 100, "READY", 50.0, 1000,
                                                    2, 10, 0)])
     counting.store.flush(2.0)
     second = plots.render(2, now + 45)
-    assert counting.queries[3][1] >= now - 60  # only the newest buckets
-    fresh = Plots(counting.store).render(2, now + 45)
-    assert second == fresh and second != first
+    read = [since for _, since in counting.queries[queries:]]
+    assert len(read) == 2 and min(read) >= now - 60  # the newest buckets only
+    whole = Plots(counting.store)
+    whole.CHUNK = dashboard.SPAN + dashboard.STEP  # one read of everything
+    whole.render(2, now + 45)
+    assert second == whole.render(2, now + 45) and second != full
 
 
 def test_plots_are_svg_with_gaps_and_escaped_names():

@@ -31,7 +31,11 @@ def routes(daemon) -> dict:
     def view(query: dict) -> dict:
         events = _count(query.get("events"), EVENTS, MAX_EVENTS)
         figures = views.dashboard(daemon, time.monotonic(), events)
-        figures.update(now=time.time(), plots_version=daemon.sampler.count)
+        now = time.time()
+        # The script fetches the plots again after a new sample, and while the hour is
+        # still being read (a piece per fetch: see Plots).
+        figures.update(now=now, plots_version=daemon.sampler.count,
+                       plots_complete=plots.complete(now))
         return figures
 
     def page(query: dict) -> Reply:
@@ -100,45 +104,63 @@ def _timed(route):
 
 class Plots:
     """The last hour of samples as the dashboard plots them, in buckets of dashboard.STEP
-    seconds. The first read takes the hour; after it, each new sample makes the next read
-    take only the newest buckets (one range query of each samples table's ts index)."""
+    seconds, read from the state database in pieces so that no read stalls the loop: a whole
+    hour of 64 workers is 46,000 rows, some 40 ms. The first drawing reads the newest
+    ``CHUNK`` seconds; each drawing after it reads the buckets that are new since (the newest
+    one again: it may have grown) and, until the hour is complete, ``CHUNK`` seconds more of
+    the past. Each read is one range query of each samples table's ts index. The SVG is drawn
+    again only when it would change: after a new sample, or while the hour is filling."""
+
+    CHUNK = 600.0
 
     def __init__(self, store):
         self.store = store
         self.services: dict[str, dict[float, tuple]] = {}  # name -> bucket -> (rate, p99)
         self.workers: dict[tuple, dict[float, tuple]] = {}  # (name, slot) -> bucket -> (cpu, rss)
-        self.since: float | None = None  # buckets from here on are read again
-        self.version = None
+        self.newest: float | None = None  # the newest bucket read
+        self.oldest: float | None = None  # the oldest bucket read
+        self.samples = None  # the sample count the SVG was drawn at
         self.svg = ""
 
-    def render(self, version, now: float) -> str:
-        """The charts' SVG, drawn again only when a sample was taken since the last time."""
-        if version != self.version:
+    def complete(self, now: float) -> bool:
+        return self.oldest is not None and self.oldest <= _bucket(now - dashboard.SPAN)
+
+    def render(self, samples: int, now: float) -> str:
+        """The charts' SVG; ``samples`` (the count taken so far) says when there is more."""
+        if samples != self.samples or not self.complete(now):
             self._read(now)
-            self.version = version
+            self.samples = samples
             self.svg = dashboard.plots(*self._series(), now)
         return self.svg
 
     def _read(self, now: float) -> None:
-        step, horizon = dashboard.STEP, now - dashboard.SPAN
-        first = math.floor(horizon / step) * step
-        since = first if self.since is None else max(self.since, first)
-        latest = since
-        # One bucket before: a rate needs the sample before the first one read.
-        for name, bucket, rate, p99 in self.store.service_series(since - step, step):
-            if bucket >= since:
-                self.services.setdefault(name, {})[bucket] = (rate, p99)
-                latest = max(latest, bucket)
-        for name, slot, bucket, cpu, rss in self.store.worker_series(since, step):
-            self.workers.setdefault((name, slot), {})[bucket] = (cpu, rss)
-            latest = max(latest, bucket)
-        self.since = latest  # the newest bucket may not be complete yet: read it again
+        first = _bucket(now - dashboard.SPAN)
+        if self.newest is None:  # the first read: the newest CHUNK seconds
+            self.newest = self.oldest = max(first, _bucket(now - self.CHUNK))
+        elif self.oldest > first:  # then CHUNK seconds more of the past each time
+            start = max(first, self.oldest - self.CHUNK)
+            self._take(start, self.oldest)
+            self.oldest = start
+        self._take(self.newest, math.inf)
         for table in (self.services, self.workers):
             for key, buckets in list(table.items()):
-                for bucket in [b for b in buckets if b < horizon - step]:
+                for bucket in [b for b in buckets if b < first]:
                     del buckets[bucket]
                 if not buckets:
                     del table[key]
+
+    def _take(self, since: float, until: float) -> None:
+        """The buckets from ``since`` to ``until``, over what was read of them before."""
+        step, newest = dashboard.STEP, self.newest
+        # One bucket before: a rate needs the sample before the first one read.
+        for name, bucket, rate, p99 in self.store.service_series(since - step, step, until):
+            if bucket >= since:
+                self.services.setdefault(name, {})[bucket] = (rate, p99)
+                newest = max(newest, bucket)
+        for name, slot, bucket, cpu, rss in self.store.worker_series(since, step, until):
+            self.workers.setdefault((name, slot), {})[bucket] = (cpu, rss)
+            newest = max(newest, bucket)
+        self.newest = newest
 
     def _series(self) -> tuple[dict, dict]:
         services = {name: {"rate": [(b, v[0]) for b, v in sorted(buckets.items())],
@@ -150,3 +172,8 @@ class Plots:
                 "cpu": [(b, v[0]) for b, v in sorted(buckets.items())],
                 "rss": [(b, v[1]) for b, v in sorted(buckets.items())]}
         return services, workers
+
+
+def _bucket(ts: float) -> float:
+    """The start of the plots' bucket that holds ``ts``."""
+    return math.floor(ts / dashboard.STEP) * dashboard.STEP

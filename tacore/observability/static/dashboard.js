@@ -1,5 +1,6 @@
 // The dashboard's own script: it refreshes the page the daemon rendered, in place, from
-// /api/dashboard every second, and the plots from /api/plots when a new sample exists.
+// /api/dashboard every second, and the plots from /api/plots when a new sample exists (and,
+// just after the daemon started serving plots, while it is still reading the last hour).
 // Values are formatted as tacore/observability/dashboard.py does (fmt_* there, fmt.* here).
 "use strict";
 
@@ -151,7 +152,9 @@
       if (!response.ok) throw new Error("/api/dashboard: " + response.status);
       const view = await response.json();
       render(view);
-      if (String(view.plots_version) !== plotsVersion) await refreshPlots(view.plots_version);
+      if (String(view.plots_version) !== plotsVersion || !view.plots_complete) {
+        await refreshPlots(view.plots_version);
+      }
       failingSince = null;
     } catch (error) {
       failingSince = failingSince || Date.now() / 1000;
