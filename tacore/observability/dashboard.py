@@ -251,21 +251,21 @@ def chart(title: str, lines: list, end: float, fmt) -> str:
     """One small chart: a line per (label, points), y from 0 to the largest value."""
     values = [y for _, points in lines for _, y in points if y is not None]
     top = max(values, default=0) or 1.0
-    start, inner = end - SPAN, HEIGHT - TOP - BOTTOM
+    start, inner, base = end - SPAN, HEIGHT - TOP - BOTTOM, HEIGHT - BOTTOM
+    sx, sy = WIDTH / SPAN, inner / top
     paths = []
     for i, (label, points) in enumerate(lines):
         colour = COLOURS[i % len(COLOURS)]
         tip = f"<title>{esc(label or title)}</title>"
         for segment in _segments(points):
-            xy = [(f"{(x - start) / SPAN * WIDTH:.1f}", f"{TOP + inner * (1 - y / top):.1f}")
-                  for x, y in segment]
-            if len(xy) == 1:  # one bucket alone: a dot, as a line needs two
-                paths.append(f'<circle cx="{xy[0][0]}" cy="{xy[0][1]}" r="2" '
-                             f'fill="{colour}">{tip}</circle>')
-            else:
-                paths.append(f'<polyline points="{" ".join(f"{x},{y}" for x, y in xy)}" '
-                             f'fill="none" stroke="{colour}" stroke-width="1.5">{tip}</polyline>')
-    base = TOP + inner
+            if len(segment) == 1:  # one bucket alone: a dot, as a line needs two
+                (x, y), = segment
+                paths.append(f'<circle cx="{(x - start) * sx:.1f}" cy="{base - y * sy:.1f}" '
+                             f'r="2" fill="{colour}">{tip}</circle>')
+                continue
+            xy = " ".join([f"{(x - start) * sx:.1f},{base - y * sy:.1f}" for x, y in segment])
+            paths.append(f'<polyline points="{xy}" fill="none" stroke="{colour}" '
+                         f'stroke-width="1.5">{tip}</polyline>')
     return (f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" '
             f'height="{HEIGHT}" role="img" aria-label="{esc(title)}">'
             f"<title>{esc(title)}</title>"
