@@ -6,10 +6,12 @@
 1. Throughput of one daemon (``[http] listen`` set, an echo service) under the load
    generator of bench/broker.py, with and without a poller that fetches /api/dashboard and
    /api/plots every second over one kept-alive connection (what an open dashboard does),
-   in interleaved rounds; the ratio with/without is taken within each round.
+   and, as a control, with a poller fetching /healthz as often (the same HTTP traffic and
+   poller process, nothing to build); interleaved rounds, ratios taken within each round.
 2. A daemon with ``--big`` workers and a state database holding an hour of their samples:
    the size of /api/dashboard, /api/plots and / and their build time inside the daemon
-   (its Server-Timing header), while the plots read the hour (a piece per fetch) and after.
+   (its Server-Timing header), while the plots read the hour (a piece per fetch) and after;
+   and what its endpoint answers in each HTTP case of ``http_cases``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import http.client
 import json
 import multiprocessing
 import os
+import re
 import signal
 import socket
 import statistics
@@ -89,47 +92,110 @@ def get(conn: http.client.HTTPConnection, path: str) -> tuple[int, float]:
     return len(body), ms
 
 
-def _poll(port: int, stop, out) -> None:
-    """An open dashboard: every second, its JSON and its plots, on one connection."""
+# What a poller fetches every second: an open dashboard, and the control (the same HTTP
+# traffic, nothing to build), which tells the cost of the pages from that of the requests.
+POLLERS = {"dashboard": PAGES, "healthz": ("/healthz", "/healthz")}
+
+
+def _poll(port: int, paths, stop, out) -> None:
+    """Every second, ``paths`` on one kept-alive connection, as the page's script does."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     builds = []
     while not stop.wait(1.0):
-        for path in PAGES:
+        for path in paths:
             builds.append(get(conn, path)[1])
     conn.close()
     out.send(builds)
 
 
+def _measure(daemon, args, body, ctx, poll) -> tuple[dict, list]:
+    """The load generator's figures with ``poll`` (a key of POLLERS, or None) polling."""
+    if poll is None:
+        return broker.measure(daemon, args.clients, body, args.seconds), []
+    stop, (theirs, ours) = ctx.Event(), ctx.Pipe(duplex=False)
+    poller = ctx.Process(target=_poll, args=(daemon.port, POLLERS[poll], stop, ours))
+    poller.start()
+    figures = broker.measure(daemon, args.clients, body, args.seconds)
+    stop.set()
+    builds = theirs.recv()
+    poller.join()
+    return figures, builds
+
+
 def throughput(args, tmp: Path) -> dict:
+    """Interleaved rounds without a poller, with the dashboard polled, and with /healthz
+    polled (the order rotates each round); ratios to "without" within each round."""
     daemon = Daemon(tmp / "a", args.workers)
     body = broker.body_of(64)
     ctx = multiprocessing.get_context("fork")
+    modes = [None, "dashboard", "healthz"]
     rounds, builds = [], []
     try:
         for r in range(args.rounds):
             figures = {}
-            for polled in ((False, True) if r % 2 == 0 else (True, False)):
-                poller = None
-                if polled:
-                    stop, (theirs, ours) = ctx.Event(), ctx.Pipe(duplex=False)
-                    poller = ctx.Process(target=_poll, args=(daemon.port, stop, ours))
-                    poller.start()
-                figures[polled] = broker.measure(daemon, args.clients, body, args.seconds)
-                if poller is not None:
-                    stop.set()
-                    builds += theirs.recv()
-                    poller.join()
-            rounds.append({"without": figures[False], "with": figures[True],
-                           "ratio": round(figures[True]["rps"] / figures[False]["rps"], 3)})
-            print(f"round {r + 1}: {figures[False]['rps']} req/s without, "
-                  f"{figures[True]['rps']} with the dashboard polled: "
-                  f"ratio {rounds[-1]['ratio']}", flush=True)
+            for mode in modes[r % 3:] + modes[:r % 3]:
+                figures[mode], built = _measure(daemon, args, body, ctx, mode)
+                if mode == "dashboard":
+                    builds += built
+            base = figures[None]["rps"]
+            rounds.append({"rps": {str(m): f["rps"] for m, f in figures.items()},
+                           "ratio": round(figures["dashboard"]["rps"] / base, 3),
+                           "control": round(figures["healthz"]["rps"] / base, 3)})
+            print(f"round {r + 1}: {base} req/s without, {figures['dashboard']['rps']} with the "
+                  f"dashboard polled (ratio {rounds[-1]['ratio']}), "
+                  f"{figures['healthz']['rps']} with /healthz polled "
+                  f"(ratio {rounds[-1]['control']})", flush=True)
     finally:
         daemon.stop()
     return {"rounds": rounds, "ratio": statistics.median(r["ratio"] for r in rounds),
+            "control": statistics.median(r["control"] for r in rounds),
             "polls": len(builds) // len(PAGES),
             "build_ms_median": round(statistics.median(builds), 3) if builds else None,
             "build_ms_max": round(max(builds), 3) if builds else None}
+
+
+def _exchange(port: int, data: bytes, timeout: float = 15.0) -> tuple:
+    """Send ``data`` on a new connection: the status lines read back, whether the daemon
+    closed the connection (within 1 s of its last answer, or by the deadline), when, the
+    bytes received and the sum of their Content-Length headers."""
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        received, closed = b"", False
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                closed = True
+                break
+            received += chunk
+            sock.settimeout(1.0)  # answered: is the connection kept, or closed?
+    lines = [line.decode() for line in re.findall(rb"HTTP/1\.[01] \d{3} [^\r]*\r\n", received)]
+    lines = [line.strip() for line in lines]
+    lengths = re.findall(rb"(?i)content-length: (\d+)", received)
+    return lines, closed, time.monotonic() - t0, len(received), sum(map(int, lengths))
+
+
+def http_cases(port: int) -> list[tuple]:
+    """What the endpoint answers a client that keeps alive, asks HEAD, sends garbage,
+    oversized headers, or too slowly."""
+    get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    cases = {
+        "keep-alive: GET, GET, GET /api/workers on one connection":
+            get + get + b"GET /api/workers HTTP/1.1\r\nHost: x\r\n\r\n",
+        "HEAD /api/dashboard": b"HEAD /api/dashboard HTTP/1.1\r\nHost: x\r\n\r\n",
+        "garbage": b"\x16\x03\x01\x02\x00 hello\r\n\r\n",
+        "HTTP/1.1 without Host": b"GET / HTTP/1.1\r\n\r\n",
+        "POST": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        "headers of 12 KiB": b"GET / HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-%d: %s\r\n" % (i, b"z" * 112) for i in range(100)) + b"\r\n",
+        "a request line of 20 KB": b"GET /" + b"x" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        "slow client (half a request, then nothing)": b"GET /healthz HTTP/1.1\r\nHo",
+        "HTTP/1.0": b"GET /healthz HTTP/1.0\r\n\r\n",
+    }
+    return [(name, *_exchange(port, data)) for name, data in cases.items()]
 
 
 def prefill(state: Path, workers: int, services: int = 8) -> None:
@@ -151,6 +217,7 @@ def big(args, tmp: Path) -> dict:
     prefill(tmp / "b" / "state", args.big)
     daemon = Daemon(tmp / "b", args.big)
     try:
+        cases = http_cases(daemon.port)
         conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
         pieces = []  # the plots read the hour a piece per fetch, as the page's script does
         while not pieces or not json.loads(fetch(conn, "/api/dashboard")[0])["plots_complete"]:
@@ -161,7 +228,7 @@ def big(args, tmp: Path) -> dict:
         conn.close()
     finally:
         daemon.stop()
-    result = {"workers": args.big, "filling_plots": {"bytes": pieces[-1][0],
+    result = {"workers": args.big, "http_cases": cases, "filling_plots": {"bytes": pieces[-1][0],
                                                      "build_ms": [ms for _, ms in pieces]}}
     for path, runs in figures.items():
         ms = [m for _, m in runs]
@@ -186,7 +253,8 @@ def main():
               f"({args.workers} workers, {args.clients} clients, {args.rounds} interleaved "
               f"rounds of {args.seconds:g} s): median ratio {load['ratio']:.3f} "
               f"(rounds: {', '.join(str(r['ratio']) for r in load['rounds'])}); "
-              f"{load['polls']} polls, build {load['build_ms_median']} ms median, "
+              f"with /healthz polled instead (the control): {load['control']:.3f}; "
+              f"{load['polls']} polls, pages built in {load['build_ms_median']} ms median, "
               f"{load['build_ms_max']} ms max")
         sizes = big(args, Path(tmp))
     print(f"\n{sizes['workers']} workers, an hour of their samples in the state database:")
@@ -199,6 +267,11 @@ def main():
         f = sizes[path]
         print(f"  {path:16} {f['bytes']:>8} {f['build_ms_median']:>18.2f} "
               f"{f['build_ms_max']:>8.2f}")
+    print("\nHTTP cases (the same daemon):")
+    for name, lines, closed, seconds, received, declared in sizes["http_cases"]:
+        print(f"  {name}: {' | '.join(lines) or 'no answer'}; "
+              f"{'closed' if closed else 'kept open'} after {seconds:.2f} s; {received} bytes "
+              f"received, Content-Length {declared}")
     if args.json:
         args.json.write_text(json.dumps({"cores": os.cpu_count(), "load": os.getloadavg(),
                                          "throughput": load, "big": sizes}, indent=1) + "\n")
