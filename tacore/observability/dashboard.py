@@ -131,12 +131,14 @@ SERVICE_COLUMNS = ("service", "ready", "health", "queue", "requests/s", "p50", "
 
 def services_table(view: dict) -> str:
     head = "".join(f"<th>{c}</th>" for c in SERVICE_COLUMNS)
-    rows = "".join(service_row(s, view["interval"]) for s in view["services"])
-    return (f'<table id="services"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{rows}</tbody></table>")
+    rows = "".join(service_row(s) for s in view["services"])
+    caption = (f"requests/s, p50 and p99 over the last sample interval "
+               f"({view['interval']:g} s); replies and restarts since the daemon started")
+    return (f'<table id="services"><caption>{esc(caption)}</caption>'
+            f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
 
 
-def service_row(s: dict, interval: float) -> str:
+def service_row(s: dict) -> str:
     cells = [s["name"], f"{s['ready']}/{s['workers']} (min {s['min_ready']})"
              + (f" (+{s['external']} external)" if s["external"] else ""),
              "ok" if s["healthy"] else s["problem"], s["queue"],
