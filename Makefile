@@ -15,7 +15,9 @@ PIP_ARGS ?=
 DURATION ?= 30m
 FUZZ_EXAMPLES ?= 20000
 
-.PHONY: run test test-systemd check bench soak fuzz install clean
+RUNS ?= 3
+
+.PHONY: run test test-busy test-systemd check bench soak fuzz install clean
 
 run: $(STAMP)  ## start tacored in the foreground on the default config
 	$(BIN)/tacored --config $(CONFIG)
@@ -23,12 +25,16 @@ run: $(STAMP)  ## start tacored in the foreground on the default config
 test: $(STAMP)  ## run the whole test suite
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+test-busy: $(STAMP)  ## the suite RUNS (default 3) times beside a busy loop pinned to core 0
+	bash tests/busy.sh $(RUNS) $(BIN)/pytest
+
 test-systemd: $(STAMP)  ## boot a real systemd in a container and test the unit (root)
 	bash tests/systemd/run.sh
 
-bench: $(STAMP)  ## broker against zmq.proxy, supervision timings, scale, state size (~9 min)
+bench: $(STAMP)  ## broker against zmq.proxy, supervision and spawn timings, scale, state size (~12 min)
 	$(BIN)/python bench/broker.py --json bench/results-broker.json
 	$(BIN)/python bench/supervision.py --json bench/results-supervision.json
+	$(BIN)/python bench/spawn.py --json bench/results-spawn.json
 	$(BIN)/python bench/scale.py --json bench/results-scale.json
 	$(BIN)/python bench/state_size.py
 

@@ -1,7 +1,7 @@
 """Broker throughput and latency: tacore next to zmq.proxy and to no broker, in one run.
 
-    .venv/bin/python bench/broker.py [--workers 2,4] [--clients 1,8,32] [--big-clients 8]
-                                     [--body 64] [--big-body 65536] [--seconds 3] [--rounds 3]
+    .venv/bin/python bench/broker.py [--workers 4] [--clients 1,8,32] [--big-clients 8]
+                                     [--body 64] [--big-body 65536] [--seconds 3] [--rounds 5]
                                      [--setups proxy,direct,tacore] [--json out.json]
 
 Setups, each with N echo workers doing the same work per request (tacore's body convention:
@@ -12,7 +12,15 @@ decode the JSON request, call the handler, encode the JSON reply):
 - ``direct``: the clients' REQ sockets connected straight to the REP workers (no broker: the
   floor for latency);
 - ``tacore``: tacored with an ``echo`` service of N workers (Majordomo, supervision,
-  heartbeats, metrics and all); ``tacore-nostate``: the same with ``[state] enabled = false``.
+  heartbeats, metrics and all); ``tacore-nostate``: the same with ``[state] enabled = false``;
+  ``tacore-mdp``: the same daemon with N command workers speaking plain 7/MDP
+  (bench/mdp_echo.py), the path every external worker takes; ``tacore@DIR`` (or
+  ``tacore-mdp@DIR``): tacored with the tacore package of another checkout, for a before/after
+  comparison in the same run (``git worktree add /tmp/old COMMIT``).
+
+Besides throughput and latency, each run reports the broker's own CPU per request (µs of the
+proxy's or the daemon's CPU time, all threads, divided by the requests answered): far less
+noisy than throughput on a shared machine.
 
 The load generator runs the client sockets in two processes, each multiplexing its REQ sockets
 on one poller; its CPU use is reported so that a saturated generator shows. Rounds interleave
@@ -34,6 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import zmq
 
 from tacore.runtime.child import _decode_request
@@ -68,6 +77,8 @@ def _proxy(front: str, back: str) -> None:
 class Processes:
     """Helper processes of a reference setup, killed at the end."""
 
+    broker_pid = None  # the process whose CPU per request is reported
+
     def __init__(self, targets):
         ctx = multiprocessing.get_context("fork")
         self.procs = [ctx.Process(target=t, args=a, daemon=True) for t, a in targets]
@@ -87,6 +98,7 @@ class ProxySetup(Processes):
         back = f"ipc://{tmp}/proxy-back.sock"
         super().__init__([(_proxy, (self.endpoints[0], back))] +
                          [(_rep_worker, (back, False))] * workers)
+        self.broker_pid = self.procs[0].pid
 
     def request(self, body: bytes) -> list[bytes]:
         return [body]
@@ -102,7 +114,9 @@ class DirectSetup(Processes):
 
 
 class TacoreSetup:
+    worker = 'handler = "tacore.services.echo:Echo"'
     persist = True
+    code = None  # another checkout's tacore to run instead (tacore@DIR)
     prefetch = 4  # set from --prefetch
 
     def __init__(self, tmp: Path, workers: int):
@@ -110,9 +124,12 @@ class TacoreSetup:
         config.write_text(f'[daemon]\nruntime_dir = "{tmp}/run"\nstate_dir = "{tmp}/state"\n'
                           f'log_level = "warning"\n'
                           f'[state]\nenabled = {str(self.persist).lower()}\n'
-                          f'[services.echo]\nhandler = "tacore.services.echo:Echo"\n'
+                          f'[services.echo]\n{self.worker}\n'
                           f'workers = {workers}\nprefetch = {self.prefetch}\n')
-        self.proc = subprocess.Popen([TACORED, "--config", str(config)], stderr=subprocess.DEVNULL)
+        env = {**os.environ, "PYTHONPATH": self.code} if self.code else None
+        self.proc = subprocess.Popen([TACORED, "--config", str(config)], env=env,
+                                     stderr=subprocess.DEVNULL)
+        self.broker_pid = self.proc.pid
         self.endpoints = [f"ipc://{tmp}/run/frontend.sock"]
         from tacore.control.client import ControlClient
         control = ControlClient(f"ipc://{tmp}/run/control.sock", timeout=1)
@@ -141,8 +158,23 @@ class TacoreNoStateSetup(TacoreSetup):
     persist = False
 
 
+class TacoreMdpSetup(TacoreSetup):
+    """tacore whose echo workers are command workers speaking plain 7/MDP (bench/mdp_echo.py)."""
+
+    worker = f'command = {json.dumps([sys.executable, str(Path(__file__).with_name("mdp_echo.py"))])}'
+
+
 SETUPS = {"proxy": ProxySetup, "direct": DirectSetup, "tacore": TacoreSetup,
-          "tacore-nostate": TacoreNoStateSetup}
+          "tacore-nostate": TacoreNoStateSetup, "tacore-mdp": TacoreMdpSetup}
+
+
+def make_setup(kind: str, tmp: Path, workers: int):
+    """A setup by name; ``tacore@DIR`` is tacore run from another checkout (e.g. a ``git
+    worktree`` of an older commit), for a before/after comparison in one command."""
+    if "@" in kind:
+        name, code = kind.split("@", 1)
+        return type(name, (SETUPS[name],), {"code": code})(tmp, workers)
+    return SETUPS[kind](tmp, workers)
 
 
 # --- the load generator -------------------------------------------------------------------------
@@ -178,7 +210,15 @@ def _load(endpoints, request, sockets: int, seconds: float, out) -> None:
     ctx.destroy(linger=0)
 
 
+def _cpu(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 def measure(setup, clients: int, body: bytes, seconds: float) -> dict:
+    cpu0 = _cpu(setup.broker_pid)
     ctx = multiprocessing.get_context("fork")
     pipes, procs = [], []
     for i in range(min(LOAD_PROCESSES, clients)):
@@ -196,10 +236,12 @@ def measure(setup, clients: int, body: bytes, seconds: float) -> dict:
         cpu.append(share)
     for p in procs:
         p.join()
+    broker_cpu = _cpu(setup.broker_pid) - cpu0
     latencies.sort()
     pct = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] / 1e6  # noqa: E731
     return {"rps": round(len(latencies) / seconds), "p50_ms": round(pct(0.50), 3),
-            "p99_ms": round(pct(0.99), 3), "loadgen_cpu": round(max(cpu), 2)}
+            "p99_ms": round(pct(0.99), 3), "loadgen_cpu": round(max(cpu), 2),
+            "cpu_us": round(broker_cpu / len(latencies) * 1e6, 1) if setup.broker_pid else None}
 
 
 def body_of(size: int) -> bytes:
@@ -210,14 +252,14 @@ def body_of(size: int) -> bytes:
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", default="2,4")
+    parser.add_argument("--workers", default="4")
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--big-clients", default="8", help="client counts for --big-body")
     parser.add_argument("--body", type=int, default=64)
     parser.add_argument("--big-body", type=int, default=65536)
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--setups", default="proxy,direct,tacore",
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--setups", default="proxy,direct,tacore,tacore-mdp",
                         help=f"comma-separated, from {', '.join(SETUPS)}; the first is the "
                              "reference of the ratios")
     parser.add_argument("--prefetch", type=int, default=4, help="tacore's [services] prefetch")
@@ -232,7 +274,7 @@ def main():
         for workers in (int(w) for w in args.workers.split(",")):
             for _ in range(args.rounds):
                 for kind in kinds:
-                    setup = SETUPS[kind](Path(tmp), workers)
+                    setup = make_setup(kind, Path(tmp), workers)
                     try:
                         for clients, size in loads:
                             runs.setdefault((workers, clients, size, kind), []).append(
@@ -242,15 +284,23 @@ def main():
     report(runs, kinds, args)
 
 
+def _order(kinds: list[str]):
+    """Rows by workers, load, then the setups in the order given."""
+    return lambda item: (item[0][0], item[0][2], item[0][1], kinds.index(item[0][3]))
+
+
 def report(runs: dict, kinds: list[str], args) -> None:
     reference = kinds[0]
     results = {"machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()},
                "rounds": args.rounds, "seconds": args.seconds, "runs": []}
-    print(f"{'workers':>7} {'clients':>7} {'body':>6}  {'setup':<14} {'req/s':>8} {'p50 ms':>8} "
-          f"{'p99 ms':>8} {'gen cpu':>7}  ratio to {reference} (same round)")
-    for (workers, clients, size, kind), rounds in runs.items():
+    width = max(14, *map(len, kinds))
+    print(f"{'workers':>7} {'clients':>7} {'body':>6}  {'setup':<{width}} {'req/s':>8} {'p50 ms':>8} "
+          f"{'p99 ms':>8} {'gen cpu':>7} {'cpu µs/req':>10}  ratio to {reference} (same round)")
+    for (workers, clients, size, kind), rounds in sorted(runs.items(), key=_order(kinds)):
         med = {k: statistics.median(r[k] for r in rounds)
                for k in ("rps", "p50_ms", "p99_ms", "loadgen_cpu")}
+        cpus = [r["cpu_us"] for r in rounds if r["cpu_us"] is not None]
+        med["cpu_us"] = statistics.median(cpus) if cpus else None
         row = {"workers": workers, "clients": clients, "body": size, "setup": kind, **med,
                "rounds": rounds}
         extra = ""
@@ -262,8 +312,10 @@ def report(runs: dict, kinds: list[str], args) -> None:
             extra = (f"  {row['ratio']:.2f} ({', '.join(f'{r:.2f}' for r in ratios)}); "
                      f"p99 x{row['p99_ratio']:.2f}")
         results["runs"].append(row)
-        print(f"{workers:>7} {clients:>7} {size:>6}  {kind:<14} {med['rps']:>8.0f} "
-              f"{med['p50_ms']:>8.3f} {med['p99_ms']:>8.3f} {med['loadgen_cpu']:>7.2f}{extra}")
+        cpu = "" if med["cpu_us"] is None else f"{med['cpu_us']:.1f}"
+        print(f"{workers:>7} {clients:>7} {size:>6}  {kind:<{width}} {med['rps']:>8.0f} "
+              f"{med['p50_ms']:>8.3f} {med['p99_ms']:>8.3f} {med['loadgen_cpu']:>7.2f} "
+              f"{cpu:>10}{extra}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -14,7 +14,8 @@ import zmq.auth
 from tacore import config
 from tacore.client import Attempt, CallError, CallTimeout, Client
 from tacore.control.client import curve_options
-from tacore.daemon.app import REMOTE_TAG, Daemon
+from tacore.daemon.app import Daemon
+from tacore.daemon.wiring import REMOTE_TAG
 from tacore.errors import ConfigError
 from tests.conftest import STRICT_WARNINGS, RunningDaemon, run_tacored, write_config
 from tests.helpers import wait_until

@@ -152,3 +152,70 @@ def test_a_send_to_a_vanished_worker_requeues_the_request():
     assert b"w1" not in net.broker.workers and net.events[-1].name == "worker.lost"
     net.reply(b"w2")
     assert net.replies == [(client, [b"200", b"x"])]
+
+
+class CompactNet(Net):
+    """As Net, and it records requests in the compact framing too ([id][0xA1 token][body])."""
+
+    def to_worker(self, frames):
+        if frames[0] not in self.gone and frames[1][:1] == b"\xa1":
+            self.requests.setdefault(frames[0], []).append((frames[1][1:], frames[2:]))
+            self.compact.add(frames[0])
+            return None
+        return super().to_worker(frames)
+
+    compact: set  # identities that were sent a compact request
+
+    def __init__(self, **service):
+        self.compact = set()
+        super().__init__(**service)
+
+    def compact_reply(self, identity, status=b"200", token=None):
+        sent, body = self.requests[identity].pop(0)
+        self.broker.from_worker([identity, b"\xa2" + (token or sent) + status, *body], 0.0)
+
+
+def test_our_worker_that_offers_the_compact_framing_is_served_in_it():
+    """A forked worker whose READY offers "tacore/1" gets compact requests, and its compact
+    replies reach the client with the status frame restored."""
+    net = CompactNet()
+    net.broker.apply(f.Expect(b"w1", b"svc", None), 0.0)
+    net.worker(b"w1", b"\x01", b"svc", b"tacore/1")
+    client = net.request(b"hello")
+    assert net.compact == {b"w1"} and len(net.requests[b"w1"][0][0]) == 8  # the token
+    net.compact_reply(b"w1")
+    assert net.replies == [(client, [b"200", b"hello"])]
+
+
+def test_a_compact_reply_with_another_token_is_dropped():
+    """A compact reply that does not carry the running request's token answers nothing."""
+    net = CompactNet()
+    net.broker.apply(f.Expect(b"w1", b"svc", None), 0.0)
+    net.worker(b"w1", b"\x01", b"svc", b"tacore/1")
+    net.request()
+    net.compact_reply(b"w1", token=b"\0" * 8)
+    assert net.replies == []
+    assert any(e.name == "protocol.error" for e in net.events)
+
+
+def test_an_external_worker_offering_the_compact_framing_gets_mdp():
+    """Only workers the supervisor forked are served in the compact framing."""
+    net = CompactNet(workers=0, handler=None, external=True)
+    net.worker(b"x1", b"\x01", b"svc", b"tacore/1")
+    net.request()
+    assert net.compact == set() and net.requests[b"x1"][0][1] == [b"x"]  # a 7/MDP REQUEST
+
+
+def test_large_frames_where_headers_belong_are_parsed_not_crashed_on():
+    """A large last frame arrives as a zmq.Frame (frames.recv_passing): in a header's place
+    it is read as bytes, and the peer gets the error its garbage earns."""
+    import zmq
+    net = CompactNet()
+    net.broker.apply(f.Expect(b"w1", b"svc", None), 0.0)
+    net.worker(b"w1", b"\x01", b"svc", b"tacore/1")
+    big = zmq.Frame(b"m" * 70000)
+    net.broker.from_client([b"c1", b"", b"MDPC01", big], 0.0)  # a service name of 70 kB
+    net.broker.from_client([b"c2", b"", b"MDPC01", b"mmi.service", zmq.Frame(b"s" * 70000)], 0.0)
+    net.broker.from_worker([b"w1", b"", b"MDPW01", zmq.Frame(b"\x04" * 70000)], 0.0)
+    net.broker.from_worker([b"w1", zmq.Frame(b"\xa2" * 70000)], 0.0)
+    assert [r[1][0] for r in net.replies] == [b"404", b"404"]

@@ -1,6 +1,7 @@
 """The routing core against a model: random sequences of requests, READY, replies, deaths,
 expiries, timeouts, reconfiguration and shutdown, with a fake clock and a fake network.
 
+Workers speak 7/MDP, 18/MDP or (the daemon's own, when they offer it) the compact framing.
 After every step: each request the broker accepted is in exactly one place (one queue of a
 route the broker holds, or one registered worker's in-flight list) or has been answered, and
 none was answered twice. At the end, with the clock run far ahead, every request has had
@@ -48,6 +49,7 @@ class RoutingModel(RuleBasedStateMachine):
         self.sent = []  # every client identity that sent a request
         self.alive: dict[bytes, int] = {}  # identity -> protocol version of its connection
         self.inbox: dict[bytes, list[bytes]] = {}  # identity -> request tokens, in order
+        self.compact: set[bytes] = set()  # connections the broker sends compact requests
         self.broker = Broker(self.to_client, self.to_worker, self.events.append, BROKER,
                              configured())
         self.broker.start(self.now)
@@ -70,6 +72,10 @@ class RoutingModel(RuleBasedStateMachine):
         identity = frames[0]
         if identity not in self.alive:
             return GONE
+        if frames[1][:1] == b"\xa1":  # a compact REQUEST: [0xA1 token][body]
+            self.inbox[identity].append(frames[1][1:])
+            self.compact.add(identity)
+            return None
         rest = frames[2:] if frames[1] == b"" else frames[1:]
         if rest[1] == b"\x02":  # REQUEST: [header][0x02][token][""][body]
             self.inbox[identity].append(rest[2])
@@ -95,13 +101,15 @@ class RoutingModel(RuleBasedStateMachine):
         self.broker.from_client([client, *header, service, client], self.now)
 
     @rule(identity=st.sampled_from(IDENTITIES), service=st.sampled_from(SERVICES[:3]),
-          version=st.sampled_from([1, 2]), own_service=st.integers(0, 3))
+          version=st.sampled_from([0, 1, 2]), own_service=st.integers(0, 3))
     def ready(self, identity, service, version, own_service):
+        """version 0: a 7/MDP READY that offers the compact framing."""
         if identity in OWN and own_service:
             service = OWN[identity]  # mostly the right one
         if identity not in self.alive:  # a new connection
-            self.alive[identity], self.inbox[identity] = version, []
-        self.send_worker(identity, "ready", service)
+            self.alive[identity], self.inbox[identity] = version or 1, []
+            self.compact.discard(identity)
+        self.send_worker(identity, "ready", service, *([b"tacore/1"] if version == 0 else []))
 
     def pick(self, data, among) -> bytes:
         return data.draw(st.sampled_from(sorted(among)))
@@ -112,6 +120,10 @@ class RoutingModel(RuleBasedStateMachine):
     def reply(self, data, status, partial):
         identity = self.pick(data, [i for i in self.alive if self.inbox[i]])
         token = self.inbox[identity][0]
+        if identity in self.compact:  # [0xA2 token status][body]
+            self.inbox[identity].pop(0)
+            self.broker.from_worker([identity, b"\xa2" + token + status, b"body"], self.now)
+            return
         if partial and self.alive[identity] == 2:
             self.send_worker(identity, "partial", token, b"", b"part")
             return
@@ -197,6 +209,7 @@ class RoutingModel(RuleBasedStateMachine):
             assert places[client] + self.finals[client] == 1, (
                 f"{client!r}: {places[client]} places, {self.finals[client]} replies")
         assert self.partials_after_final == 0
+        assert self.compact <= OWN.keys(), "the compact framing for a worker we did not fork"
         broker.facts.clear()  # (what the supervisor would be told)
 
     def teardown(self):

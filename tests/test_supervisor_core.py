@@ -16,7 +16,7 @@ from tacore import events as ev
 from tacore import facts as f
 from tacore.config import (BrokerConfig, Config, ControlConfig, DaemonConfig, HttpConfig,
                            ServiceConfig, StateConfig)
-from tacore.supervision.spawner import WorkerProcess
+from tacore.supervision.handles import WorkerProcess
 from tacore.supervision.stacks import StackReader
 from tacore.supervision.supervisor import Supervisor
 
@@ -81,7 +81,7 @@ class Harness:
         self.events, self.watched = [], {}
         self.spawner, self.system = FakeSpawner(), FakeSystem()
         self.sup = Supervisor(config(**service), self.events.append, self.watch, self.unwatch,
-                              spawner=self.spawner, system=self.system)
+                              spawner=self.spawner, system=self.system, now=0.0)
         self.now = 0.0
         self.facts: list = []
 

@@ -47,17 +47,17 @@ from tacore import events as ev
 from tacore import facts as f
 from tacore.brokering import protocol as mdp
 from tacore.brokering.liveness import Liveness
+from tacore.brokering.operated import Operated
 from tacore.brokering.protocol import ClientRequest
 from tacore.brokering.routes import (OTHER_STATUS, Expected, RateLimit, Route, WorkerLink,
                                      admission, status_label)
-from tacore.config import ServiceConfig
 from tacore.events import Event
 
 MMI_SERVICE = b"mmi.service"
 COMPLAINTS_PER_SECOND = 20  # log lines about bad peers; more are counted, not logged
 
 
-class Broker(Liveness):
+class Broker(Liveness, Operated):
     """The routing core. Its ports — ``to_client(frames)``, ``to_worker(frames)`` (None, GONE
     or FULL) and ``emit(event)`` — act on the world and never call back into a core."""
 
@@ -83,6 +83,8 @@ class Broker(Liveness):
 
     def from_client(self, frames: list, now: float) -> None:
         """One message received on the frontend."""
+        if len(frames) < 5 and type(frames[-1]) is not bytes:
+            frames[-1] = frames[-1].bytes  # a large frame where the header is: parse it as bytes
         try:
             request = mdp.parse_client(frames, now)
         except mdp.ProtocolError as e:
@@ -137,7 +139,7 @@ class Broker(Liveness):
         caller's to place."""
         self.sequence += 1
         req.token = self.sequence.to_bytes(8, "big")
-        if self.to_worker(mdp.worker_request(link.identity, link.version, req.token, req.body)):
+        if self.to_worker(mdp.worker_request(link.identity, link.framing, req.token, req.body)):
             self._lost(link, now)
             return False
         req.worker = link
@@ -160,7 +162,8 @@ class Broker(Liveness):
         says "200" only while a worker that can take requests is registered: external ones
         are probed first, so one whose connection is gone does not count."""
         if req.service == MMI_SERVICE:
-            route = self.routes.get(req.body[0]) if len(req.body) == 1 else None
+            name = req.body[0] if len(req.body) == 1 else None
+            route = self.routes.get(name) if type(name) is bytes else None
             if route is not None and route.workers:
                 for link in [w for w in self.workers.values() if w.route is route and w.external]:
                     self._probe(link, now)
@@ -193,15 +196,20 @@ class Broker(Liveness):
 
     def from_worker(self, frames: list, now: float, key: str | None = None) -> None:
         """One message received on the backend; ``key``: the sender's CURVE key, if any."""
+        link = self.workers.get(frames[0])
+        if link is not None:
+            link.last_seen = now
+            if link.framing == 0 and len(frames) > 2 and frames[1][:1] == mdp.T_REPLY:
+                self._compact_reply(link, frames, now)
+                return
+        if type(frames[-1]) is not bytes:  # (a large last frame: see frames.recv_passing)
+            frames[-1] = frames[-1].bytes
         try:
             msg = mdp.parse_worker(frames)
         except mdp.ProtocolError as e:
             self._complain(ev.PROTOCOL_ERROR, now, socket="backend", error=str(e),
                            peer=frames[0].hex()[:64])
             return
-        link = self.workers.get(msg.identity)
-        if link is not None:
-            link.last_seen = now
         if msg.command == mdp.READY:
             self._ready(msg, link, now, key)
         else:
@@ -231,6 +239,8 @@ class Broker(Liveness):
         link = WorkerLink(msg.identity, route, msg.version, ours is None, now,
                           ours.request_limit if ours else None, ours.credit if ours else None)
         link.key = key
+        if ours is not None and msg.compact:
+            link.framing = 0  # one of ours offers the compact framing: its requests use it
         self.workers[msg.identity] = link
         route.workers += 1
         if ours is not None:
@@ -260,18 +270,32 @@ class Broker(Liveness):
 
     def _reply(self, msg: mdp.WorkerMessage, link: WorkerLink | None, now: float) -> None:
         req = self._current_for(msg, link, now)
-        if req is None:
+        if req is not None:
+            self._answer(link, req, msg.body, now)
+
+    def _compact_reply(self, link: WorkerLink, frames: list, now: float) -> None:
+        """A reply in the compact framing: [0xA2 token status][body...]."""
+        head = frames[1]
+        req = link.inflight[0] if link.inflight else None
+        if req is None or head[1:mdp.TOKEN_END] != req.token:
+            self._complain(ev.PROTOCOL_ERROR, now, socket="backend",
+                           error="a reply for another request", peer=link.identity.hex()[:64])
             return
+        frames[1] = head[mdp.TOKEN_END:]  # the status frame, then the body as the worker sent it
+        self._answer(link, req, frames[1:], now)
+
+    def _answer(self, link: WorkerLink, req: ClientRequest, body: list, now: float) -> None:
+        """The worker's reply to its running request goes to the client; its credit is free."""
         route = link.route
-        label = status_label(msg.body[0])
+        label = status_label(body[0])
         if label is OTHER_STATUS and route.checked:
             self._complain(ev.BAD_REPLY, now, service=route.name.decode(errors="replace"),
-                           worker=msg.identity.hex(), status=msg.body[0][:32].hex(),
+                           worker=link.identity.hex(), status=body[0][:32].hex(),
                            action='answered "502" bad_reply')
             self._error(req, b"502", "bad_reply", "the worker's reply does not follow tacore's "
                         "body convention ([status][body])", now)
         else:
-            self.to_client(mdp.client_reply(req.client, req.version, req.service, msg.body))
+            self.to_client(mdp.client_reply(req.client, req.version, req.service, body))
             route.answered(label, now - req.arrived)
         link.inflight.popleft()
         req.worker = None
@@ -357,74 +381,6 @@ class Broker(Liveness):
 
     def start(self, now: float) -> None:
         self.next_heartbeat = now + self.interval
-
-    def configure(self, broker, services: dict, now: float) -> None:
-        """Apply [broker] and [services.*]: new heartbeat pace, new, changed and removed
-        services."""
-        self.interval = broker.heartbeat_interval
-        self.expiry = broker.heartbeat_interval * broker.heartbeat_liveness
-        self.next_heartbeat = min(self.next_heartbeat, now + self.interval)
-        self.external_services = broker.external_services
-        self.max_external_services = broker.max_external_services
-        self.unconfigured = ServiceConfig(name="", workers=0)  # the schema's defaults
-        for name, s in services.items():
-            route = self.routes.get(name.encode())
-            if route is None:
-                self.routes[name.encode()] = Route(name.encode(), s, True)
-            else:
-                route.apply(s, True)
-        for route in [r for r in self.routes.values()
-                      if r.configured and r.name.decode() not in services]:
-            route.apply(self.unconfigured, False)
-            route.linger_until = now
-            while route.queue:
-                self._error(route.queue.popleft(), b"503", "service_removed",
-                            f"service {route.name.decode()!r} was removed from the configuration",
-                            now)
-
-    def apply(self, fact, now: float) -> None:
-        """A fact from the supervisor."""
-        self.on_fact[type(fact)](self, fact, now)
-
-    def _expect(self, fact: f.Expect, now: float) -> None:
-        self.expected[fact.identity] = Expected(fact.service, fact.request_limit, fact.credit)
-
-    def _retire(self, fact: f.Retire, now: float) -> None:
-        """No new request for this worker; a current one may still finish, then Drained."""
-        ours = self.expected.get(fact.identity)
-        if ours is not None:
-            ours.retiring = True
-        link = self.workers.get(fact.identity)
-        if link is None:
-            self.facts.append(f.Drained(fact.identity))  # not READY yet: nothing to finish
-            return
-        link.retiring = True
-        link.route.withdraw(link)
-        if not link.inflight:
-            self.facts.append(f.Drained(fact.identity))
-
-    def _gone(self, fact: f.Gone, now: float) -> None:
-        """Its process has exited: what it held is requeued or answered "502"."""
-        self.expected.pop(fact.identity, None)
-        link = self.workers.get(fact.identity)
-        if link is not None:
-            self._drop_link(link, now)
-
-    def _service_fatal(self, fact: f.ServiceFatal, now: float) -> None:
-        route = self.routes.get(fact.service)
-        if route is not None:
-            route.fatal = fact.fatal
-
-    on_fact = {f.Expect: _expect, f.Retire: _retire, f.Gone: _gone,
-               f.ServiceFatal: _service_fatal}
-
-    def stop_accepting(self, now: float) -> None:
-        """Shutdown: new requests get "503"; queued ones are answered "503" now."""
-        self.stopping = True
-        for route in self.routes.values():
-            while route.queue:
-                self._error(route.queue.popleft(), b"503", "shutting_down",
-                            "the daemon is shutting down", now)
 
     def next_deadline(self) -> float:
         return min(self.next_heartbeat, self.next_expiry)

@@ -23,6 +23,14 @@ Client → broker (after the identity frame), and the replies:
 
 Anything else is garbage: ``parse_worker``/``parse_client`` raise ProtocolError, and the broker
 answers it where the sender can take an answer, and logs and drops it otherwise.
+
+tacore's own workers may speak a compact framing for requests and replies (docs/framing.md),
+offered by one more frame at the end of their 7/MDP READY and taken up by the broker only for
+workers it forked; everything else they send (HEARTBEAT, DISCONNECT) stays 7/MDP:
+
+    READY    [""]["MDPW01"][0x01][service]["tacore/1"]   the offer
+    REQUEST  [0xA1 token(8)][body...]                     broker → worker
+    REPLY    [0xA2 token(8) status][body...]              worker → broker
 """
 
 from __future__ import annotations
@@ -56,6 +64,12 @@ W2_FINAL = b"\x04"
 W2_HEARTBEAT = b"\x05"
 W2_DISCONNECT = b"\x06"
 
+# The compact framing between the daemon and its own workers (docs/framing.md).
+COMPACT_OFFER = b"tacore/1"
+T_REQUEST = b"\xa1"
+T_REPLY = b"\xa2"
+TOKEN_END = 9  # a compact header: the kind byte, the 8-byte token, then (replies) the status
+
 # Version-independent command names used inside the broker.
 READY, REPLY, PARTIAL, HEARTBEAT, DISCONNECT = "ready", "reply", "partial", "heartbeat", "disconnect"
 
@@ -70,12 +84,13 @@ class WorkerMessage:
     """One decoded worker command (a plain class: it is made for every reply, so no frozen
     dataclass, whose __init__ costs several times more)."""
 
-    __slots__ = ("identity", "version", "command", "service", "client", "body")
+    __slots__ = ("identity", "version", "command", "service", "client", "body", "compact")
 
     def __init__(self, identity: bytes, version: int, command: str, service: bytes = b"",
-                 client: bytes = b"", body=()):
+                 client: bytes = b"", body=(), compact: bool = False):
         self.identity, self.version, self.command = identity, version, command
         self.service, self.client, self.body = service, client, body  # READY / replies
+        self.compact = compact  # a READY that offers the compact framing
 
 
 def parse_worker(frames: list[bytes]) -> WorkerMessage:
@@ -93,9 +108,10 @@ def parse_worker(frames: list[bytes]) -> WorkerMessage:
         raise ProtocolError(f"unknown worker command {rest[0].hex() if rest else '(none)'}")
     command, args = table[rest[0]], rest[1:]
     if command == READY:
-        if len(args) != 1 or not args[0]:
+        offer = version == 1 and len(args) == 2 and args[1] == COMPACT_OFFER
+        if not (len(args) == 1 or offer) or not args[0]:
             raise ProtocolError("READY must carry exactly one non-empty service name")
-        return WorkerMessage(identity, version, READY, service=args[0])
+        return WorkerMessage(identity, version, READY, service=args[0], compact=offer)
     if command in (REPLY, PARTIAL):
         if len(args) < 3 or args[1] != b"":
             raise ProtocolError("a reply needs [client][\"\"][body...]")
@@ -149,6 +165,9 @@ def client_reply(client: bytes, version: int, service: bytes, body, final: bool 
 
 
 def worker_request(identity: bytes, version: int, token: bytes, body) -> list:
+    """A REQUEST in the worker's framing: 7/MDP (1), 18/MDP (2) or compact (0)."""
+    if version == 0:
+        return [identity, T_REQUEST + token, *body]
     if version == 1:
         return [identity, b"", W_V1, W_REQUEST, token, b"", *body]
     return [identity, W_V2, W2_REQUEST, token, b"", *body]

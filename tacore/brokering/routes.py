@@ -79,13 +79,14 @@ class Route:
 class WorkerLink:
     """What the broker knows of one registered worker."""
 
-    __slots__ = ("identity", "route", "version", "external", "last_seen", "registered",
-                 "inflight", "capacity", "offered", "requests", "retiring", "request_limit",
-                 "key")
+    __slots__ = ("identity", "route", "version", "framing", "external", "last_seen",
+                 "registered", "inflight", "capacity", "offered", "requests", "retiring",
+                 "request_limit", "key")
 
     def __init__(self, identity: bytes, route: Route, version: int, external: bool, now: float,
                  request_limit: int | None = None, credit: int | None = None):
         self.identity, self.route, self.version, self.external = identity, route, version, external
+        self.framing = version  # of its requests and replies: 0 for the compact framing
         self.last_seen = self.registered = now
         self.inflight: deque[ClientRequest] = deque()  # in order; the first is running
         self.capacity = 1 if external else credit or route.prefetch

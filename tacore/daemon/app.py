@@ -6,14 +6,16 @@ The loop polls the frontend, backend and control sockets (and the remote fronten
 endpoint and the ZAP socket when configured), the signal wake-up socket and every worker's
 sentinel and stack pipe. Nothing else runs: no threads, no callbacks from elsewhere. Events go
 to the log at once and to the state database at the end of the tick (one transaction), never
-on the request path.
+on the request path. What it binds and builds at the start, and closes at the end, is
+``wiring.py``; what status, metrics and the HTTP endpoint show, ``views.py``.
 
 Tagged return addresses. The broker answers a client through one port, ``to_client(frames)``,
 whose first frame is the address it was given. A ROUTER makes up 5-byte identities starting
 with a zero byte, and the frontend drops messages from peers that chose an identity starting
 with a zero byte of another length; so such an address cannot be a frontend client's, and
-means ``b"\x00" + TAG + identity``: ``return_paths[TAG]`` sends the reply on (REMOTE_TAG: the
-[remote] frontend). The broker never knows where a client is (docs/architecture.md).
+means ``b"\x00" + TAG + identity``: ``return_paths[TAG]`` sends the reply on (``_bind`` in
+``wiring.py`` fills it; REMOTE_TAG: the [remote] frontend). The broker never knows where a
+client is (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -27,47 +29,39 @@ import time
 import zmq
 
 from tacore import __version__
+from tacore import config as configuration
 from tacore import events as ev
 from tacore import facts as f
-from tacore.brokering.broker import Broker
-from tacore.daemon import uplink
-from tacore.brokering.frames import drain, send_or_drop, send_or_say
-from tacore.daemon.uplink import Uplinks
+from tacore.brokering.frames import send_or_drop
 from tacore.brokering.routes import RateLimit
-from tacore import config as configuration
 from tacore.config import Config, kept_as_running, restart_needed
-from tacore.control.server import ControlServer
-from tacore.daemon import sampling, sockets, views, web
-from tacore.daemon.sampling import Sampler
-from tacore.daemon.security import CurveGuard, client_keys
+from tacore.daemon import sampling, views
 from tacore.daemon.notify import Notifier
+from tacore.daemon.sampling import Sampler
 from tacore.daemon.signals import SignalPipe
-from tacore.events import Event
+from tacore.daemon.watcher import Watcher
+from tacore.daemon.wiring import REMOTE_PREFIX, Wiring
 from tacore.errors import EX_UNAVAILABLE, ConfigError, StartupError
+from tacore.events import Event
 from tacore.health import pool_summary
-from tacore.observability.http import HttpEndpoint
 from tacore.observability.logging import configure_logging, log_event
 from tacore.persistence.store import Store
 from tacore.runtime.loader import load_handler
-from tacore.supervision.spawner import Spawner
-from tacore.supervision.supervisor import Supervisor
+from tacore.supervision.handles import Spawner
 
 # The loop wakes at least this often even with nothing due, as a guard against a lost deadline.
 MAX_POLL = 1.0
-REMOTE_TAG = 0x01  # the return path of the [remote] frontend
-REMOTE_PREFIX = bytes((0, REMOTE_TAG))
+INF = float("inf")
 SPOOFS_PER_SECOND = 20  # log lines about clients posing as tagged addresses
 
 
-class Daemon:
+class Daemon(Wiring):
     def __init__(self, config: Config, log):
         self.config, self.log = config, log
         self.pid = os.getpid()
         self.started, self.started_wall = time.monotonic(), time.time()
         self.stopping = False
-        self.handlers = {}  # socket or fd -> (callable(now), when it was registered)
-        self.registrations = 0
-        self.poller = zmq.Poller()
+        self.watcher = Watcher()
         self.ctx = None  # made in run(), after the spawner: no thread exists before it
         self.lock = None
         self.bound: list[str] = []
@@ -109,9 +103,10 @@ class Daemon:
                 "remote_frontend": list(self.config.remote.frontend),
                 "control": self.config.control.endpoint}))
             while not (self.stopping and self.supervisor.all_stopped()):
-                self._wait_and_dispatch()
+                due = self._wait_and_dispatch()
                 now = time.monotonic()
-                self._fire_deadlines(now)
+                if now >= due:  # (one that a handler made due now is fired next time round)
+                    self._fire_deadlines(now)
                 self._flush(now)
                 self._notify(now)
             self.emit(Event(ev.DAEMON_STOPPED, {"pid": self.pid}))
@@ -119,78 +114,6 @@ class Daemon:
             return 0
         finally:
             self._close()
-
-    def _bind(self) -> None:
-        daemon, broker, control = self.config.daemon, self.config.broker, self.config.control
-        sockets.prepare_runtime_dir(daemon.runtime_dir, {"[broker] group": broker.group,
-                                                         "[control] group": control.group})
-        self.lock = sockets.DaemonLock(daemon.runtime_dir)
-        remote = self.config.remote
-        if broker.curve_secret_key or control.curve_secret_key or remote.frontend:
-            self.guard = CurveGuard(self.ctx, self.emit)
-            self._watch(self.guard.socket, self.guard.on_readable)
-        self.frontend = self._socket(zmq.ROUTER, broker.frontend, "frontend", group=broker.group)
-        # A host that vanishes (power, partition) closes no connection: ZMTP heartbeats notice
-        # it, so the next send to its workers fails and their requests get "502". (Options a
-        # connection takes are set before bind: a listener copies them when it is made.)
-        interval_ms = int(broker.heartbeat_interval * 1000)
-        zmtp = {zmq.HEARTBEAT_IVL: interval_ms,
-                zmq.HEARTBEAT_TIMEOUT: interval_ms * broker.heartbeat_liveness}
-        self.backend = self._socket(
-            zmq.ROUTER, [broker.backend], "backend", broker,
-            options={zmq.ROUTER_MANDATORY: 1,  # a vanished worker is an error, not a loss
-                     zmq.ROUTER_HANDOVER: 1,  # a reconnecting worker replaces itself
-                     **(zmtp if broker.backend.startswith("tcp://") else {})})
-        self.control_sock = self._socket(zmq.ROUTER, [control.endpoint], "control", control,
-                                         group=control.group)
-        if remote.frontend:
-            self.remote = self._socket(zmq.ROUTER, remote.frontend, "remote", remote,
-                                       options=zmtp)  # clients on hosts that vanish, too
-            self.return_paths[REMOTE_TAG] = self._to_remote
-        self.return_paths[uplink.TAG] = lambda frames: self.uplinks.reply(frames)
-        self.broker = Broker(self._to_client, lambda frames: send_or_say(self.backend, frames),
-                             self.emit, broker, self.config.services)
-        self.uplinks = Uplinks(self.ctx, self.broker.from_client, self.emit, self._watch,
-                               self._unwatch)
-        self.uplinks.configure(self.config, time.monotonic())
-        self.supervisor = Supervisor(
-            self.config, self.emit, self._watch, self._unwatch, spawner=self.spawner,
-            worker_curve=client_keys(broker.curve_secret_key) if broker.curve_secret_key else None)
-        self.control = ControlServer(self.control_sock, self, self.emit)
-        keyed = broker.curve_secret_key is not None  # each READY comes with its CURVE key
-        self._watch(self.frontend, lambda now: drain(self.frontend, self._from_frontend, now))
-        if self.remote is not None:
-            self._watch(self.remote, lambda now: drain(self.remote, self._from_remote, now))
-        self._watch(self.backend,
-                    lambda now: drain(self.backend, self.broker.from_worker, now, keyed))
-        self._watch(self.control_sock, self.control.on_readable)
-        if self.config.http.listen:
-            sock = self._socket(zmq.STREAM, [f"tcp://{self.config.http.listen}"], "http")
-            self.http = HttpEndpoint(sock, web.routes(self), self.emit)
-            self._watch(sock, self.http.on_readable)
-
-    def _to_client(self, frames: list) -> None:
-        address = frames[0]
-        if address[:1] == b"\0" and len(address) != 5:
-            self.return_paths[address[1]](frames)
-        else:
-            send_or_drop(self.frontend, frames)
-
-    def _socket(self, kind: int, endpoints, what: str, keys=None, group=None,
-                options=None) -> zmq.Socket:
-        sock = self.ctx.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        for option, value in (options or {}).items():
-            sock.setsockopt(option, value)
-        if what in ("frontend", "remote", "backend"):  # a larger message disconnects its sender
-            sock.setsockopt(zmq.MAXMSGSIZE, self.config.broker.max_message_size)
-        if keys is not None and keys.curve_secret_key:
-            self.guard.protect(sock, f"tacore.{what}", keys.curve_secret_key,
-                               keys.curve_authorized_keys)
-        for endpoint in endpoints:
-            sockets.bind(sock, endpoint, what, group)
-            self.bound.append(endpoint)
-        return sock
 
     # --- clients: the frontend, the remote frontend, and where replies go ----------------
 
@@ -235,50 +158,28 @@ class Daemon:
                 "error": "a client identity starting with a zero byte must be 5 bytes long, "
                          "and one of 3 bytes is not served on the remote frontend"}))
 
-    def _close(self) -> None:
-        if getattr(self, "supervisor", None) is not None and not self.supervisor.all_stopped():
-            self.supervisor.kill_all()  # only on an unexpected error: never leave orphans
-        if getattr(self, "signals", None) is not None:
-            self.signals.close()
-        for sock in (getattr(self, "frontend", None), self.remote):
-            if sock is not None:
-                sock.close(linger=1000)  # let the last replies reach their clients
-        if getattr(self, "uplinks", None) is not None:
-            self.uplinks.close()  # DISCONNECT upstream, if a worker outlived the stop
-        if self.guard is not None:
-            self.guard.close()
-        if self.ctx is not None:
-            self.ctx.destroy(linger=0)
-        self.spawner.close()
-        self.store.close()
-        self.notifier.close()
-        for endpoint in self.bound:
-            sockets.unlink_ipc(endpoint)
-        if self.lock is not None:
-            self.lock.release()
-
     # --- the loop -----------------------------------------------------------------------
 
-    def _wait_and_dispatch(self) -> None:
+    def _wait_and_dispatch(self) -> float:
+        """Wait for a message, a descriptor or the next deadline; handle what is ready.
+        Returns the earliest deadline as it was before the wait."""
         now = time.monotonic()
-        deadlines = [d for d in (self.supervisor.next_deadline(), self.broker.next_deadline(),
-                                 self.uplinks.next_deadline(), self.spawner_retry,
-                                 self.next_sample, self.notifier.next_watchdog or None,
-                                 self.http and self.http.due)
-                     if d is not None]
-        timeout = min([MAX_POLL] + [max(0.0, d - now) for d in deadlines])
-        polled_at = self.registrations
-        ready = self.poller.poll(timeout * 1000)
-        if not ready and deadlines:  # woke for a deadline: how late?
-            self.loop_lag = max(self.loop_lag, time.monotonic() - min(deadlines))
-        for source, _ in ready:
-            handler, registered = self.handlers.get(source, (None, None))
-            # Skip a source an earlier handler in this batch unwatched, or whose descriptor
-            # number was reused by a newer registration: the event was for the old one.
-            if handler is not None and registered <= polled_at:
+        due = min(d for d in (self.supervisor.next_deadline(), self.broker.next_deadline(),
+                              self.uplinks.next_deadline(), self.spawner_retry,
+                              self.next_sample, self.notifier.next_watchdog or None,
+                              self.http and self.http.due, INF)
+                  if d is not None)
+        watcher = self.watcher
+        ready = watcher.wait(max(0.0, min(MAX_POLL, due - now)))
+        if not ready and due < INF:  # woke for a deadline: how late?
+            self.loop_lag = max(self.loop_lag, time.monotonic() - due)
+        for source, seen in ready:
+            handler = watcher.handler(source, seen)  # (None: unwatched by an earlier one)
+            if handler is not None:
                 now = time.monotonic()
                 handler(now)
                 self._settle(now)
+        return due
 
     # --- the spawner: the process that forks the workers --------------------------------
 
@@ -391,13 +292,10 @@ class Daemon:
                                       severity="warning"))
 
     def _watch(self, source, handler) -> None:
-        self.registrations += 1
-        self.handlers[source] = (handler, self.registrations)
-        self.poller.register(source, zmq.POLLIN)
+        self.watcher.watch(source, handler)
 
     def _unwatch(self, source) -> None:
-        if self.handlers.pop(source, None) is not None:
-            self.poller.unregister(source)
+        self.watcher.unwatch(source)
 
     def emit(self, event: Event) -> None:
         log_event(self.log, event)

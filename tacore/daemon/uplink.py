@@ -286,6 +286,8 @@ class Uplinks:
                 link.next_heartbeat = now + self.interval
 
     def next_deadline(self) -> float | None:
+        if not self.links:
+            return None
         times = [link.retry_at if link.sock is None else
                  min(link.next_heartbeat, link.last_heard + self.expiry)
                  for link in self.links.values()]

@@ -1,4 +1,5 @@
-"""What the daemon shows: status and metrics, assembled from the supervisor and the broker."""
+"""What the daemon shows: status and metrics, assembled from the supervisor and the broker,
+and the dashboard's figures (daemon/web.py serves them over HTTP)."""
 
 from __future__ import annotations
 

@@ -157,7 +157,9 @@ class Worker:
         self.sock.connect(self.spec.backend)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
-        self._send([mdp.W_READY, self.spec.service.encode()])
+        # The compact framing is offered: the daemon's broker sends requests in it, which this
+        # worker answers in kind (docs/framing.md); any other broker would send 7/MDP.
+        self._send([mdp.W_READY, self.spec.service.encode(), mdp.COMPACT_OFFER])
         now = time.monotonic()
         self.heard_at, self.beat_at = now, now + self.spec.heartbeat_interval
 
@@ -183,24 +185,32 @@ class Worker:
             self.beat_at = now + self.spec.heartbeat_interval
 
     def _on_message(self, frames) -> None:
-        if len(frames) < 3 or frames[0] != b"" or frames[1] != mdp.W_V1:
+        head = frames[0]
+        if head[:1] == mdp.T_REQUEST and len(head) == mdp.TOKEN_END:
+            reply = self._handle(frames[1:])
+            send_frames(self.sock, [mdp.T_REPLY + head[1:] + reply[0], *reply[1:]], 0)
+            self._replied()
+            return
+        if len(frames) < 3 or head != b"" or frames[1] != mdp.W_V1:
             self.log.warning("worker.protocol_error", frames=len(frames))
             return
         command = frames[2]
         if command == mdp.W_REQUEST and len(frames) >= 5 and frames[4] == b"":
-            self._handle(frames[3], frames[5:])
+            self._send([mdp.W_REPLY, frames[3], b"", *self._handle(frames[5:])])
+            self._replied()
         elif command == mdp.W_DISCONNECT:
             self._connect()
         elif command != mdp.W_HEARTBEAT:
             self.log.warning("worker.protocol_error", command=command.hex())
 
-    def _handle(self, client: bytes, body: list[bytes]) -> None:
+    def _handle(self, body: list[bytes]) -> list[bytes]:
         self.stopper.busy = True
         try:
-            reply = self._call(body)
+            return self._call(body)
         finally:
             self.stopper.busy = False
-        self._send([mdp.W_REPLY, client, b"", *reply])
+
+    def _replied(self) -> None:
         # The broker does not heartbeat a busy worker: silence is measured from the reply.
         self.heard_at = time.monotonic()
         self.beat_at = self.heard_at + self.spec.heartbeat_interval

@@ -85,7 +85,7 @@ class Moves:
         live = sorted(entry.live(), key=lambda s: s.index)
         added = []
         for _ in range(count - len(live)):
-            slot = Slot(entry.config, entry.free_index())
+            slot = Slot(entry.config, entry.free_index(), now)
             entry.slots.append(slot)
             self._spawn(slot, now)
             added.append(slot.index)
@@ -133,7 +133,8 @@ class Moves:
         entry.config, entry.desired = service, service.workers
         for slot in list(entry.slots):
             if slot.worker is None and not slot.drain:
-                entry.slots[entry.slots.index(slot)] = replacement = Slot(service, slot.index, slot)
+                replacement = Slot(service, slot.index, now, slot)
+                entry.slots[entry.slots.index(slot)] = replacement
                 if slot.state is not State.STOPPED:  # FATAL or BACKOFF: try the new settings
                     self._spawn(replacement, now)
         self.restart(service.name, None, now)
@@ -184,7 +185,7 @@ class Moves:
 
     def _replace(self, old: Slot, now: float) -> None:
         entry = self.services[old.service.name]
-        new = Slot(entry.config, old.index, old)
+        new = Slot(entry.config, old.index, now, old)
         new.replaces, old.replaced_by = old, new
         entry.slots.insert(entry.slots.index(old) + 1, new)
         self._spawn(new, now)

@@ -7,11 +7,10 @@ then READY) and the slot it replaces (then drained and removed). Status shows bo
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass, field
 
 from tacore.config import ServiceConfig
-from tacore.supervision import spawner
+from tacore.supervision.handles import WorkerProcess
 from tacore.supervision.output import Ring
 from tacore.supervision.policy import RestartPolicy
 from tacore.supervision.states import State
@@ -26,11 +25,29 @@ class Drain:
     remove: bool  # forget the slot once its worker has exited (scale down, replaced, removed)
 
 
+@dataclass
+class Lifecycle:
+    """What the supervisor decides about one process of a slot, besides its state: how it
+    reads its output, a stack dump in progress, and how it is being stopped. A new one with
+    each process, so nothing of an earlier one is left over."""
+
+    readers: list = field(default_factory=list)  # OutputReaders of its stdout and stderr
+    dump: object = None  # a stack dump in progress (stopping.Dump)
+    frozen: bool = False  # seen stopped (SIGSTOP) when a dump was asked for
+    # Set when the supervisor decides to stop it:
+    stop_reason: str | None = None
+    stop_is_failure: bool = False
+    kill_deadline: float | None = None
+    killed: bool = False
+
+
 class Slot:
-    def __init__(self, service: ServiceConfig, index: int, previous: "Slot | None" = None):
+    def __init__(self, service: ServiceConfig, index: int, now: float,
+                 previous: "Slot | None" = None):
         self.service, self.index = service, index
-        self.state, self.since = State.STOPPED, time.monotonic()
-        self.worker: spawner.WorkerProcess | None = None
+        self.state, self.since = State.STOPPED, now
+        self.worker: WorkerProcess | None = None
+        self.life = Lifecycle()  # of the current process (its decisions, not its handle)
         self.spawns = previous.spawns if previous else 0
         self.crashes = previous.crashes if previous else 0  # deaths after min_uptime of READY
         self.ring = previous.ring if previous else Ring()  # recent output, across restarts
@@ -59,6 +76,7 @@ class Slot:
     def new_process(self) -> None:
         """Per-process counters start again; the recycling limit gets its own jitter."""
         s = self.service
+        self.life = Lifecycle()
         self.figures = {}
         self.ready_at = None
         self.request_limit = (s.max_requests + random.randint(0, s.max_requests_jitter)

@@ -33,9 +33,8 @@ class Dump:
 class Stopping:
     def _begin_stop(self, slot: Slot, now: float, reason: str, failure: bool,
                     dump_event: str | None = None, **context) -> None:
-        w = slot.worker
-        w.stop_reason, w.stop_is_failure = reason, failure
-        self.facts.append(f.Retire(w.identity))
+        slot.life.stop_reason, slot.life.stop_is_failure = reason, failure
+        self.facts.append(f.Retire(slot.worker.identity))
         if dump_event is None:
             self._change(slot, State.STOPPING, now, ev.WORKER_STOPPING, reason=reason)
             self._terminate(slot, now)
@@ -45,31 +44,31 @@ class Stopping:
         dump.kill_event, dump.context = dump_event, context
 
     def _start_dump(self, slot: Slot, now: float) -> Dump:
-        w = slot.worker
-        if w.dump is None:
-            w.dump = Dump(deadline=now + DUMP_WAIT)
+        w, life = slot.worker, slot.life
+        if life.dump is None:
+            life.dump = Dump(deadline=now + DUMP_WAIT)
             if self.system.is_frozen(w.pid):  # a stopped process runs no handler: do not wait
-                w.dump.deadline = now
-                w.frozen = True
+                life.dump.deadline = now
+                life.frozen = True
             elif w.group and not self.system.catches(w.pid, DUMP_SIGNAL):
-                w.dump.deadline = now  # a program that did not ask for it: /proc only
+                life.dump.deadline = now  # a program that did not ask for it: /proc only
             else:
                 w.stack.start_dump()
                 self.system.kill(w.pid, DUMP_SIGNAL)
             self._dirty = True
-        return w.dump
+        return life.dump
 
     def _finish_dump(self, slot: Slot, now: float) -> None:
         """The dump is in (or will not come): answer who asked, log a timeout, stop if due."""
-        w, dump = slot.worker, slot.worker.dump
-        w.dump = None
+        w, life, dump = slot.worker, slot.life, slot.life.dump
+        life.dump = None
         raw = w.stack.buffer.decode(errors="replace")
         stack, blocked_at = annotate(raw, w.stack.main_ident) if raw else (None, None)
         if w.group:  # a command worker: what /proc shows, and its own stack if it wrote one
             view, where = self.system.proc_view(w.pid)
             stack, blocked_at = (f"{stack}\n\n{view}" if stack else view), blocked_at or where
-        stack = stack or ("unavailable: the process is stopped (SIGSTOP or a tracer)" if w.frozen
-                          else "unavailable: no answer to the dump signal")
+        stack = stack or ("unavailable: the process is stopped (SIGSTOP or a tracer)"
+                          if life.frozen else "unavailable: no answer to the dump signal")
         for reply in dump.waiters:
             reply({"service": slot.service.name, "slot": slot.index, "pid": w.pid,
                    "blocked_at": blocked_at, "stack": stack})
@@ -79,7 +78,7 @@ class Stopping:
         if dump.kill_event == ev.WORKER_START_TIMEOUT:
             context.update(start_timeout=slot.service.start_timeout,
                            elapsed=round(now - w.started, 3))
-        if w.frozen:
+        if life.frozen:
             context["process_state"] = "stopped (SIGSTOP or a tracer)"
         self.emit(Event(dump.kill_event, slot.context(blocked_at=blocked_at, **context,
                                                       stack=stack, output=slot.ring.tail())))
@@ -88,15 +87,15 @@ class Stopping:
     def _terminate(self, slot: Slot, now: float) -> None:
         w = slot.worker
         self.system.signal(w, signal.SIGTERM)
-        if w.frozen or self.system.is_frozen(w.pid):
+        if slot.life.frozen or self.system.is_frozen(w.pid):
             self.system.signal(w, signal.SIGCONT)  # let it run its SIGTERM handler
-        w.kill_deadline = now + slot.service.stop_timeout
+        slot.life.kill_deadline = now + slot.service.stop_timeout
 
     def _kill(self, slot: Slot, now: float) -> None:
-        w = slot.worker
-        self.system.signal(w, signal.SIGKILL)
-        w.killed = True
+        life = slot.life
+        self.system.signal(slot.worker, signal.SIGKILL)
+        life.killed = True
         self.emit(Event(ev.WORKER_KILLED, slot.context(
-            reason=w.stop_reason,
-            after=round(now - (w.kill_deadline - slot.service.stop_timeout), 3))))
+            reason=life.stop_reason,
+            after=round(now - (life.kill_deadline - slot.service.stop_timeout), 3))))
 

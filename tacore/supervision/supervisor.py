@@ -1,12 +1,13 @@
-"""The supervisor: worker slots, their deadlines, and what to do when a process exits.
+"""The supervisor: worker slots, their deadlines, and the facts the router tells it.
 
-It is driven by the daemon's loop: ``tick(now)`` fires deadlines, the ``on_*`` methods take
-what the loop observed (a READY seen by the broker, a sentinel that became readable, a worker
-the broker stopped hearing from), and the operator's commands (restart, stop, start, scale,
-apply a new configuration) record intent that ticks and events carry out. It signals and forks
-processes and emits events, but knows nothing of ZeroMQ: the loop hands it the descriptors to
-watch through ``watch``/``unwatch`` and learns through ``forget``/``retire`` what the broker
-must stop doing with a worker.
+It is driven by the daemon's loop: ``tick(now)`` fires deadlines, ``apply(fact, now)`` takes
+what the router found out (a READY, a drained worker, a missed heartbeat, a request timeout),
+the descriptors it watches report exits, stacks and output, and the operator's commands
+(restart, stop, start, scale, apply a new configuration) record intent that ticks and events
+carry out. It signals and forks processes (through the spawner) and emits events, but knows
+nothing of ZeroMQ: what the router must learn goes to ``facts``. Its parts: ``moves.py`` (the
+operator's moves), ``stopping.py`` (dump, SIGTERM, SIGKILL) and ``exits.py`` (what follows an
+exit).
 """
 
 from __future__ import annotations
@@ -14,45 +15,43 @@ from __future__ import annotations
 import itertools
 import signal
 import time
-from collections import Counter
 from typing import Callable
 
 from tacore import events as ev, health
+from tacore import facts as f
 from tacore.config import Config
 from tacore.events import Event
-from tacore.runtime.spec import EXIT_START_FAILED
-from tacore import facts as f
-from tacore.supervision import spawner
-from tacore.supervision import spawner as spawner_module
-from tacore.supervision.policy import CRASH
+from tacore.supervision.exits import Exits
+from tacore.supervision.handles import Spawner, WorkerProcess
 from tacore.supervision.moves import Moves
 from tacore.supervision.output import LINES_PER_SECOND, OutputReader
+from tacore.supervision.slot import ServiceSlots, Slot
+from tacore.supervision.states import State, check_transition
+from tacore.supervision.stopping import Stopping
+from tacore.supervision.system import System
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
-from tacore.supervision.stopping import Stopping
-from tacore.supervision.slot import Slot, ServiceSlots
-from tacore.supervision.states import State, check_transition
 
 
-
-class Supervisor(Moves, Stopping):
+class Supervisor(Moves, Stopping, Exits):
     """The supervision core: slots, their lifecycle and deadlines. Its ports (emit, watch,
     unwatch, the spawner and ``system``'s signals and /proc reads) act on the world and never
     call back into a core; what the broker must learn goes to ``facts``."""
 
     def __init__(self, config: Config, emit: Callable[[Event], None],
                  watch: Callable[[int, Callable[[float], None]], None],
-                 unwatch: Callable[[int], None], spawner: spawner.Spawner,
-                 system: spawner.System | None = None, worker_curve: dict | None = None):
+                 unwatch: Callable[[int], None], spawner: Spawner,
+                 system: System | None = None, worker_curve: dict | None = None, *,
+                 now: float):
         self.config, self.emit, self.watch, self.unwatch = config, emit, watch, unwatch
         self.spawner = spawner  # forks the workers: the daemon never does
-        self.system = system or spawner_module.System()  # signals, /proc: the only OS calls
+        self.system = system or System()  # signals, /proc: the only OS calls
         self.worker_curve = worker_curve  # CURVE client options for a protected backend
         self.facts: list = []  # for the broker, handed over by the daemon
         self.fatal_services: set[str] = set()  # told to the broker (ServiceFatal)
         self.services: dict[str, ServiceSlots] = {}
         for name, service in config.services.items():
-            self.services[name] = ServiceSlots(service, [Slot(service, i)
+            self.services[name] = ServiceSlots(service, [Slot(service, i, now)
                                                          for i in range(service.workers)],
                                                desired=service.workers)
         self.by_identity: dict[bytes, Slot] = {}
@@ -77,16 +76,16 @@ class Supervisor(Moves, Stopping):
             return
         self._dirty = True
         for slot in self.all_slots():
-            w = slot.worker
-            if w is not None and w.dump is not None and (
-                    w.stack.dump_done(now) or now >= w.dump.deadline):
+            w, life = slot.worker, slot.life
+            if w is not None and life.dump is not None and (
+                    w.stack.dump_done(now) or now >= life.dump.deadline):
                 self._finish_dump(slot, now)
             elif slot.state is State.STARTING:
                 if now - w.started >= slot.service.start_timeout:
                     self._begin_stop(slot, now, "start_timeout", failure=True,
                                      dump_event=ev.WORKER_START_TIMEOUT)
             elif slot.state is State.STOPPING:
-                if w.dump is None and not w.killed and now >= w.kill_deadline:
+                if life.dump is None and not life.killed and now >= life.kill_deadline:
                     self._kill(slot, now)
             elif slot.state is State.BACKOFF and now >= slot.backoff_until:
                 self._spawn(slot, now)
@@ -103,15 +102,15 @@ class Supervisor(Moves, Stopping):
     def _compute_next_deadline(self) -> float | None:
         deadlines = []
         for slot in self.all_slots():
-            w = slot.worker
-            if w is not None and w.dump is not None:
-                deadlines.append(w.dump.deadline)
+            w, life = slot.worker, slot.life
+            if w is not None and life.dump is not None:
+                deadlines.append(life.dump.deadline)
                 if w.stack.last_data_at is not None:
                     deadlines.append(w.stack.last_data_at + w.stack.QUIET)
             if slot.state is State.STARTING:
                 deadlines.append(w.started + slot.service.start_timeout)
-            elif slot.state is State.STOPPING and not w.killed and w.kill_deadline:
-                deadlines.append(w.kill_deadline)
+            elif slot.state is State.STOPPING and not life.killed and life.kill_deadline:
+                deadlines.append(life.kill_deadline)
             elif slot.state is State.BACKOFF:
                 deadlines.append(slot.backoff_until)
             elif slot.state is State.FATAL and slot.retry_at is not None:
@@ -195,7 +194,7 @@ class Supervisor(Moves, Stopping):
         for slot in self.all_slots():
             if slot.worker is not None:
                 self.system.signal(slot.worker, signal.SIGKILL)
-                slot.worker.killed = True
+                slot.life.killed = True
 
     def all_stopped(self) -> bool:
         return all(slot.worker is None for slot in self.all_slots())
@@ -249,9 +248,10 @@ class Supervisor(Moves, Stopping):
                                    1 if s.command else s.prefetch))
         self.watch(w.sentinel, lambda now: self._on_exit(slot, w, now))
         self.watch(w.stack.fd, lambda now: self._on_stack(w, now))
-        w.readers = [OutputReader(fd, stream, w.pid, slot.ring, self._output_of(slot, w.pid))
-                     for stream, fd in w.output.items()]
-        for reader in w.readers:
+        slot.life.readers = [OutputReader(fd, stream, w.pid, slot.ring,
+                                          self._output_of(slot, w.pid))
+                             for stream, fd in w.output.items()]
+        for reader in slot.life.readers:
             self.watch(reader.fd, lambda now, r=reader: self._on_output(r, now))
         self._change(slot, State.STARTING, now, ev.WORKER_SPAWNED, pid=w.pid,
                      restarts=slot.spawns - 1, spawn_ms=round(w.spawn_seconds * 1000, 2))
@@ -294,104 +294,10 @@ class Supervisor(Moves, Stopping):
                                                                line=line), stored=False))
         return emit_line
 
-    def _on_stack(self, w: spawner.WorkerProcess, now: float) -> None:
+    def _on_stack(self, w: WorkerProcess, now: float) -> None:
         self._dirty = True  # the end of a dump is a deadline
         if not w.stack.read(now):
             self.unwatch(w.stack.fd)  # the worker closed its end: it is exiting
-
-    # --- exits ---------------------------------------------------------------------------------
-
-    def _on_exit(self, slot: Slot, w: spawner.WorkerProcess, now: float) -> None:
-        """The worker's sentinel fired: reap it, record why it ended, decide what comes next."""
-        self._dirty = True
-        self.unwatch(w.sentinel)
-        code = self.spawner.reap(w)  # None: the spawner died and took it along
-        w.stack.read(now)
-        self.unwatch(w.stack.fd)
-        w.stack.close()
-        for reader in w.readers:
-            reader.drain(now)  # what it printed last, and a partial last line
-            self.unwatch(reader.fd)
-            reader.close()
-        self.by_identity.pop(w.identity, None)
-        self.facts.append(f.Gone(w.identity))  # the broker requeues or answers what it held
-        slot.worker = None
-        if w.dump is not None:
-            for reply in w.dump.waiters:
-                reply({"service": slot.service.name, "slot": slot.index, "pid": w.pid,
-                       "blocked_at": None, "stack": "unavailable: the process exited"})
-        reason = w.stop_reason or (
-            "spawner_died" if code is None
-            else "start_failed" if slot.state is State.STARTING and code == EXIT_START_FAILED
-            else "crashed")
-        # "by": "tacore" when tacore ended it (a timeout, a drain, a recycle); None when it
-        # exited by itself or someone else killed it.
-        slot.last_exit = {"code": code if code is not None and code >= 0 else None,
-                          "signal": _signal_name(-code) if code is not None and code < 0
-                          else None,
-                          "reason": reason, "by": "tacore" if w.stop_reason else None,
-                          "at": time.time()}
-        failure = w.stop_is_failure if w.stop_reason else True
-        ready_for = now - slot.ready_at if slot.ready_at is not None else None
-        exit_info = {k: v for k, v in slot.last_exit.items() if k != "at"}  # the line has a time
-        if failure:
-            exit_info["kind"] = slot.policy.kind(ready_for)
-        self.emit(Event(ev.WORKER_EXITED, slot.context(
-            pid=w.pid, uptime=round(now - w.started, 3),
-            ready_for=round(ready_for, 3) if ready_for is not None else None, **exit_info,
-            output=slot.ring.tail() if failure else None),
-            severity="warning" if failure else None))
-        self._after_exit(slot, now, reason, failure, w.pid, ready_for)
-
-    def _after_exit(self, slot: Slot, now: float, reason: str, failure: bool, pid: int,
-                    ready_for: float | None = None) -> None:
-        leaving = slot.drain is not None and slot.drain.remove
-        if leaving or slot.replaced_by is not None:
-            # It was on its way out, or its replacement is coming: no restart.
-            self._change(slot, State.STOPPED, now, ev.WORKER_STOPPED, pid=pid)
-            if slot.replaced_by is not None:
-                slot.replaced_by.replaces = None
-                slot.replaced_by = None
-            self._remove(slot, now)
-        elif self.shutting_down or slot.drain is not None or not failure:
-            self._change(slot, State.STOPPED, now, ev.WORKER_STOPPED, pid=pid)
-            slot.drain = None
-        else:
-            self._fail(slot, now, reason, ready_for, pid=pid)
-
-    def _fail(self, slot: Slot, now: float, reason: str, ready_for: float | None = None,
-              **context) -> None:
-        """An unwanted exit: a crash of a worker that had been READY min_uptime is replaced
-        after backoff_initial; a start failure backs off, or makes the slot FATAL."""
-        policy = slot.policy
-        kind = policy.kind(ready_for)
-        delay = policy.record_exit(now, reason, ready_for)
-        if kind == CRASH:
-            slot.crashes += 1
-        if delay is not None:
-            slot.backoff_until = now + delay
-            self._change(slot, State.BACKOFF, now, ev.WORKER_BACKOFF, reason=reason, kind=kind,
-                         delay=round(delay, 3), failures=len(policy.failures),
-                         crashes=slot.crashes, **context)
-            return
-        failures = policy.recent(now)
-        kinds = ", ".join(f"{n} {r}" for r, n in Counter(r for _, r in failures).items())
-        slot.fatal_reason = (f"{len(failures)} start failures within "
-                             f"{slot.service.restart_window:g}s ({kinds}); last: {reason}")
-        slot.fatal_at, slot.retry_at = now, policy.retry_at(now)
-        retry = (f"retried by itself in {slot.service.fatal_retry:g}s, or at once with: "
-                 if slot.retry_at is not None else "")
-        self._change(slot, State.FATAL, now, ev.WORKER_FATAL, reason=slot.fatal_reason,
-                     output=slot.ring.tail(),
-                     retry_in=slot.service.fatal_retry if slot.retry_at is not None else None,
-                     fix=f"fix the service; {retry}tacorectl start {slot.name}", **context)
-        if slot.replaces is not None:  # a failed replacement: the old worker keeps serving
-            old, slot.replaces = slot.replaces, None
-            old.replaced_by = None
-            self.emit(Event(ev.WORKER_REPLACE_FAILED, old.context(reason=slot.fatal_reason)))
-            entry = self.services[slot.service.name]
-            entry.rolling = []
-            entry.slots.remove(slot)
 
     # --- figures -------------------------------------------------------------------------------
 
@@ -401,7 +307,7 @@ class Supervisor(Moves, Stopping):
             w = slot.worker
             if w is None:
                 continue
-            for reader in w.readers:
+            for reader in slot.life.readers:
                 reader.report()
             figures = self.system.figures(w)
             if figures is None:
@@ -411,11 +317,4 @@ class Supervisor(Moves, Stopping):
             if limit and slot.state is State.READY and figures["rss_bytes"] > limit * 2**20:
                 self._recycle(slot, now, "max_memory", rss_bytes=slot.figures["rss_bytes"],
                               max_memory_mb=limit)
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return str(number)
 
