@@ -62,6 +62,7 @@ class Daemon:
                           f'workers = {workers}\n')
         self.proc = subprocess.Popen([TACORED, "--config", str(config)],
                                      stderr=subprocess.DEVNULL)
+        self.broker_pid = self.proc.pid  # bench/broker.py reports its CPU per request
         self.endpoints = [f"ipc://{tmp}/run/frontend.sock"]
         control = ControlClient(f"ipc://{tmp}/run/control.sock", timeout=2)
         waiting.until(lambda: all(w["state"] == "READY" for w in
@@ -139,16 +140,22 @@ def throughput(args, tmp: Path) -> dict:
                     builds += built
             base = figures[None]["rps"]
             rounds.append({"rps": {str(m): f["rps"] for m, f in figures.items()},
+                           "cpu_us": {str(m): f.get("cpu_us") for m, f in figures.items()},
                            "ratio": round(figures["dashboard"]["rps"] / base, 3),
                            "control": round(figures["healthz"]["rps"] / base, 3)})
+            cpu = rounds[-1]["cpu_us"]
             print(f"round {r + 1}: {base} req/s without, {figures['dashboard']['rps']} with the "
                   f"dashboard polled (ratio {rounds[-1]['ratio']}), "
                   f"{figures['healthz']['rps']} with /healthz polled "
-                  f"(ratio {rounds[-1]['control']})", flush=True)
+                  f"(ratio {rounds[-1]['control']}); daemon CPU per request "
+                  f"{cpu['None']} / {cpu['dashboard']} / {cpu['healthz']} µs", flush=True)
     finally:
         daemon.stop()
+    cpu = {mode: statistics.median(r["cpu_us"][mode] for r in rounds)
+           if all(r["cpu_us"][mode] is not None for r in rounds) else None
+           for mode in ("None", "dashboard", "healthz")}
     return {"rounds": rounds, "ratio": statistics.median(r["ratio"] for r in rounds),
-            "control": statistics.median(r["control"] for r in rounds),
+            "control": statistics.median(r["control"] for r in rounds), "cpu_us": cpu,
             "polls": len(builds) // len(PAGES),
             "build_ms_median": round(statistics.median(builds), 3) if builds else None,
             "build_ms_max": round(max(builds), 3) if builds else None}
@@ -255,7 +262,9 @@ def main():
               f"(rounds: {', '.join(str(r['ratio']) for r in load['rounds'])}); "
               f"with /healthz polled instead (the control): {load['control']:.3f}; "
               f"{load['polls']} polls, pages built in {load['build_ms_median']} ms median, "
-              f"{load['build_ms_max']} ms max")
+              f"{load['build_ms_max']} ms max; the daemon's CPU per request (median): "
+              f"{load['cpu_us']['None']} µs without, {load['cpu_us']['dashboard']} with the "
+              f"dashboard, {load['cpu_us']['healthz']} with /healthz")
         sizes = big(args, Path(tmp))
     print(f"\n{sizes['workers']} workers, an hour of their samples in the state database:")
     filling = sizes["filling_plots"]
