@@ -29,11 +29,16 @@ def fetch(url: str):
 
 # --- queries and plots, without a daemon ---------------------------------------------------
 
-def sampled_store(tmp_path, now: float) -> Store:
-    """Two services and two worker slots sampled every 5 s for the last 20 minutes; the
-    service counter restarts (a daemon restart) 10 minutes ago."""
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture
+def sampled(tmp_path):
+    """A store with two services and two worker slots sampled every 5 s for the 20 minutes
+    before NOW; the service counter restarts (a daemon restart) 10 minutes before NOW."""
     store = Store(tmp_path / "t.db", 14, 100)
     store.open(0.0)
+    now = NOW
     for i in range(240):
         ts = now - 1200 + i * 5
         count = (i if i < 120 else i - 120) * 50  # 10 requests/s, reset at i = 120
@@ -43,14 +48,14 @@ def sampled_store(tmp_path, now: float) -> Store:
                                               1000 * (slot + 1), 2, 10, i)
                                              for slot in (0, 1)])
     store.flush(1.0)
-    return store
+    yield store
+    store.close()
 
 
-def test_series_are_one_indexed_range_query_each(tmp_path):
+def test_series_are_one_indexed_range_query_each(sampled):
     """Requests/s from the counter's increase (no negative rate across a reset), p99 and the
     per-slot averages, each read by a range scan of the table's ts index."""
-    now = 1_800_000_000.0
-    store = sampled_store(tmp_path, now)
+    now, store = NOW, sampled
     rates = [(b, r) for name, b, r, _ in store.service_series(now - 3600, 30) if name == "a"]
     assert all(r == pytest.approx(10.0) for _, r in rates if r is not None)
     assert len(rates) == 40 and sum(r is None for _, r in rates) <= 1
@@ -61,7 +66,6 @@ def test_series_are_one_indexed_range_query_each(tmp_path):
     for table in ("service_samples", "worker_samples"):
         plan = store.db.execute(f"EXPLAIN QUERY PLAN SELECT * FROM {table} WHERE ts >= 0")
         assert f"USING INDEX {table}_ts" in str(plan.fetchall())
-    store.close()
 
 
 class CountingStore:
@@ -79,12 +83,12 @@ class CountingStore:
         return self.store.worker_series(since, step, until)
 
 
-def test_plots_read_the_hour_in_pieces_then_only_new_buckets(tmp_path):
+def test_plots_read_the_hour_in_pieces_then_only_new_buckets(sampled):
     """The first drawing reads the newest CHUNK seconds, each next one CHUNK more of the
     past until the hour is read; then the same sample count reads nothing, a new one only
     the newest buckets; the result equals one full read."""
-    now = 1_800_000_000.0
-    counting = CountingStore(sampled_store(tmp_path, now))
+    now = NOW
+    counting = CountingStore(sampled)
     plots = Plots(counting)
     plots.render(1, now)
     assert [q for q, _ in counting.queries] == ["service", "worker"]
