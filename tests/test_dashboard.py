@@ -285,17 +285,17 @@ def test_browser_shows_failing_services_late_starts_and_a_blocked_stack(start_da
     d = start_daemon({"tool": {"handler": "tests.workers:Tool"},
                       "crashes": {"handler": "tests.workers:CrashesInStart", "max_restarts": 1},
                       "stuck": {"handler": "tests.workers:BlocksInStart", "start_timeout": 4,
-                                "max_restarts": 0}},
+                                "max_restarts": 1}},  # (two late starts to catch, then FATAL)
                      http={"listen": f"127.0.0.1:{port}"}, wait_ready=False)
     browser.get(f"http://127.0.0.1:{port}/")
-    wait_until(lambda: "late" in classes(browser).get("stuck/0", ""), 8,
+    wait_until(lambda: "late" in classes(browser).get("stuck/0", ""), 12,
                "stuck/0 marked as a late start")
     assert " of 4.0s" in rows(browser)["stuck/0"][2]
 
     def failing(name):
         return "failing" in classes(browser, "services")[name] \
             and "FATAL" in rows(browser, "services")[name][2]
-    wait_until(lambda: failing("crashes") and failing("stuck"), 15, "both services failing")
+    wait_until(lambda: failing("crashes") and failing("stuck"), 20, "both services failing")
     assert rows(browser)["crashes/0"][2].startswith("FATAL: ")
     assert browser.find_element(By.ID, "verdict").text.startswith("unhealthy: ")
     assert classes(browser, "services")["tool"] == "ok"
