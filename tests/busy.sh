@@ -11,7 +11,7 @@ trap 'kill $spin 2>/dev/null' EXIT
 failed=0
 for i in $(seq "$runs"); do
   start=$(date +%s)
-  "$pytest" -q -p no:cacheprovider > "/tmp/tacore-busy-$i.log" 2>&1 || failed=1
-  echo "run $i: $(tail -n 1 "/tmp/tacore-busy-$i.log") ($(( $(date +%s) - start )) s, log /tmp/tacore-busy-$i.log)"
+  "$pytest" -q -p no:cacheprovider > "/tmp/tacore-busy-$(basename "$(dirname "$(dirname "$pytest")")")-$i.log" 2>&1 || failed=1
+  echo "run $i: $(tail -n 1 "/tmp/tacore-busy-$(basename "$(dirname "$(dirname "$pytest")")")-$i.log") ($(( $(date +%s) - start )) s)"
 done
 exit $failed

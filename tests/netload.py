@@ -5,7 +5,12 @@ Each of ``--clients`` DEALER sockets sends one request at a time (7/MDP 0.1 clie
 with a unique id as its body, and counts every reply per id, so a duplicate shows. It runs
 until its stdin closes, then waits ``--grace`` seconds for what is still in flight, and prints
 one JSON object: per request, when it was sent and answered (CLOCK_MONOTONIC, which the test
-shares), its status and how many replies came.
+shares), its status, how many replies came and in how many attempts.
+
+With ``--retry SECONDS``, a request without a reply that long is sent again on a new socket
+(the client strategy 7/MDP recommends; the old socket and whatever it would still receive
+are dropped), so a request that reached a broker after it stopped reading is answered by the
+next one. Without it, such a request shows as never answered.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ def main() -> None:
     parser.add_argument("--grace", type=float, default=5.0)
     parser.add_argument("--secret-key", help="this client's NAME.key_secret (CURVE)")
     parser.add_argument("--server-key", help="the daemon's public NAME.key (CURVE)")
+    parser.add_argument("--retry", type=float, default=0.0,
+                        help="resend on a new socket after this many seconds (0: never)")
     args = parser.parse_args()
     ctx = zmq.Context()
     curve = {}
@@ -50,13 +57,19 @@ def main() -> None:
     print(json.dumps(list(records.values())), flush=True)
 
 
-def client(ctx, args, curve: dict, n: int, records: dict, lock, stop) -> None:
+def connect(ctx, args, curve: dict) -> zmq.Socket:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     for option, value in curve.items():
         setattr(sock, option, value)
     sock.connect(args.endpoint)
+    return sock
+
+
+def client(ctx, args, curve: dict, n: int, records: dict, lock, stop) -> None:
+    sock = connect(ctx, args, curve)
     sequence, waiting = 0, None
+    attempt_at = 0.0
     body = None
     grace_until = None
     while True:
@@ -71,7 +84,15 @@ def client(ctx, args, curve: dict, n: int, records: dict, lock, stop) -> None:
             body = json.dumps({"method": "echo", "params": waiting}).encode()
             with lock:
                 records[waiting] = {"id": waiting, "sent": time.monotonic(), "answered": None,
-                                    "status": None, "replies": 0}
+                                    "status": None, "replies": 0, "attempts": 1}
+            attempt_at = time.monotonic()
+            sock.send_multipart([b"", b"MDPC01", args.service.encode(), body])
+        elif waiting is not None and args.retry and time.monotonic() - attempt_at > args.retry:
+            sock.close()
+            sock = connect(ctx, args, curve)
+            with lock:
+                records[waiting]["attempts"] += 1
+            attempt_at = time.monotonic()
             sock.send_multipart([b"", b"MDPC01", args.service.encode(), body])
         if not sock.poll(50):
             continue

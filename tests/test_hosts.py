@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import zmq.auth
 
@@ -83,16 +85,16 @@ class Net:
                           wait=wait, node={"curve_secret_key": self.key(secret)},
                           broker={"heartbeat_interval": INTERVAL, **broker})
 
-    def load(self, service: str, clients: int = 4) -> "Load":
-        return Load(self, service, clients)
+    def load(self, service: str, clients: int = 4, retry: float = 0.0) -> "Load":
+        return Load(self, service, clients, retry)
 
 
 class Load:
     """tests/netload.py on host C, through A's remote frontend."""
 
-    def __init__(self, net: Net, service: str, clients: int):
+    def __init__(self, net: Net, service: str, clients: int, retry: float):
         argv = [sys.executable, "-m", "tests.netload", f"tcp://{net.c_side}:5555", service,
-                "--clients", str(clients), "--grace", str(4 * INTERVAL),
+                "--clients", str(clients), "--grace", str(4 * INTERVAL), "--retry", str(retry),
                 "--secret-key", net.key("c.key_secret"), "--server-key", net.key("a.key")]
         self.proc = net.hosts.run("c", argv, cwd=ROOT, stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, text=True)
@@ -112,6 +114,14 @@ def net(workdir):
         yield n
         for d in n.daemons:
             d.kill()
+
+
+def count_statuses(records: list[dict]) -> dict[str, int]:
+    """How many of the load's requests got each status."""
+    statuses: dict[str, int] = {}
+    for r in records:
+        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    return statuses
 
 
 def echo_workers(d: RunningDaemon, service: str = "echo") -> list[dict]:
@@ -172,9 +182,7 @@ def test_a_partition_of_the_node_under_load_answers_every_request_once_and_heals
 
     assert records and all(r["replies"] == 1 for r in records), \
         [r for r in records if r["replies"] != 1][:5]  # none lost, none duplicated
-    statuses = {}
-    for r in records:
-        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+    statuses = count_statuses(records)
     assert set(statuses) <= {"200", "502", "503", "504"}, statuses
     by_status = a.call("metrics")["services"]["echo"]["by_status"]
     assert by_status == statuses, (by_status, statuses)  # A answered each request once
@@ -219,22 +227,127 @@ def test_a_wrong_node_key_is_refused_by_the_upstream_broker(net):
     assert echo_workers(a) == []
 
 
+def fds(d: RunningDaemon) -> int:
+    return psutil.Process(d.proc.pid).num_fds()
+
+
+def tcp_connections(d: RunningDaemon, address: str, port: int, local: bool) -> int:
+    """The daemon's established tcp connections whose local (or remote) end is address:port,
+    as its own network namespace sees them (/proc/PID/net/tcp, matched to the socket inodes
+    in /proc/PID/fd: psutil would read the test's namespace)."""
+    pid = d.proc.pid
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed since the listing
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    end = f"{socket.inet_aton(address)[::-1].hex().upper()}:{port:04X}"  # little-endian x86
+    with open(f"/proc/{pid}/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return sum(row[1 if local else 2] == end and row[3] == "01" and row[9] in inodes
+               for row in rows)  # 01: ESTABLISHED
+
+
+def one_connection_per_registration(net: Net, a: RunningDaemon, b: RunningDaemon) -> bool:
+    """A holds one link and one backend connection per READY worker of B, B one uplink
+    connection per READY worker: nothing left over from before a restart."""
+    ready = sum(w["state"] == "READY" for w in echo_workers(b))
+    return ready == 2 and len(echo_workers(a)) == ready and \
+        tcp_connections(a, net.b_side, 5556, local=True) == ready and \
+        tcp_connections(b, net.b_side, 5556, local=False) == ready
+
+
+# Descriptors of a daemon at two quiet moments with the same workers and registrations: its
+# pidfds, pipes, sockets and database files are the same ones, so the count must come back to
+# exactly where it was. What is briefly open is waited out by polling: libzmq closes a
+# socket's descriptors on its reaper thread a little after the close (an uplink replaced by a
+# restart), and the sampler may hold a worker's /proc file open at the moment we count. (A
+# leak of one descriptor per uplink and restart would show as 2.)
+FD_TOLERANCE = 0
+
+
 def test_either_daemon_restarts_and_the_registrations_come_back_without_leaks(net):
+    """B SIGKILLed and started again, then A stopped and started again: each time every worker
+    of B registers again, with one link on A and one connection each side per READY worker and
+    no descriptor left over; B's workers keep their pids across A's restart."""
     a = net.start_a()
     b = net.start_b()
-    wait_until(lambda: registered(b), 10, "B's workers registered with A")
+    wait_until(lambda: one_connection_per_registration(net, a, b), 10,
+               "B's workers registered with A")
+    a_fds = fds(a)
     b.proc.kill()  # B dies at once: A expires its workers
     b.kill()
     wait_until(lambda: not echo_workers(a), 10, "A to drop the workers of a dead node")
+    wait_until(lambda: tcp_connections(a, net.b_side, 5556, local=True) == 0, 10,
+               "A to close the dead node's connections")
     b = net.start_b()
-    wait_until(lambda: registered(b) and len(echo_workers(a)) == 2, 10, "B again")
+    wait_until(lambda: one_connection_per_registration(net, a, b), 10, "B registered again")
+    wait_until(lambda: fds(a) <= a_fds + FD_TOLERANCE, 5,
+               f"A's descriptors back to {a_fds} after B's restart")
+    a_after = fds(a)
+    pids = {w["slot"]: w["pid"] for w in echo_workers(b)}
+    restarts = sum(w["restarts"] for w in echo_workers(b))
+    b_fds = fds(b)
     a.proc.send_signal(15)
-    a.proc.wait(10)
+    assert a.proc.wait(10) == 0
     wait_until(lambda: [w["state"] for w in echo_workers(b)] == ["CONNECTING"] * 2, 10,
                "B to see A gone")
+    assert tcp_connections(b, net.b_side, 5556, local=False) == 0
     a = net.start_a()
-    wait_until(lambda: registered(b) and len(echo_workers(a)) == 2, 10, "B registered again")
-    assert [w["pid"] for w in echo_workers(b)] == [w["pid"] for w in echo_workers(b)]
+    wait_until(lambda: one_connection_per_registration(net, a, b), 10,
+               "B registered with the new A")
+    # Supervision on B is independent of A: the same processes, never restarted, registered
+    # again (each uplink opened a second socket), and shown on A as B's.
+    assert {w["slot"]: w["pid"] for w in echo_workers(b)} == pids
+    assert sum(w["restarts"] for w in echo_workers(b)) == restarts
+    assert all(w["upstream"]["joins"] >= 2 for w in echo_workers(b))
+    assert [(w["external"], w["node"]) for w in echo_workers(a)] == [(True, "b")] * 2
+    wait_until(lambda: fds(b) <= b_fds + FD_TOLERANCE, 5,
+               f"B's descriptors back to {b_fds} after A's restart")
+    print(f"descriptors: A {a_fds} -> {a_after} across B's restart, "
+          f"B {b_fds} -> {fds(b)} across A's restart")
+
+
+def test_a_restart_of_the_broker_under_load_answers_every_request_once(net):
+    """A is stopped (SIGTERM) and started again while C calls through it with MDP's client
+    strategy: every request gets exactly one answer, "200" or a documented error, and only
+    ones sent while A was stopping or down needed the client's retry."""
+    a = net.start_a()
+    b = net.start_b()
+    wait_until(lambda: registered(b) and len(echo_workers(a)) == 2, 10,
+               "B's workers registered with A")
+    # A stopping answers what it has read ("503", or the reply of a request B was running);
+    # a request that reaches it after its last read is lost with its socket, which MDP leaves
+    # to the client: resend on a new socket after a timeout. 2 s: longer than any answer
+    # from a running A here; a retry of one the new A still queues only drops that reply.
+    load = net.load("echo", retry=4 * INTERVAL)
+    wait_until(lambda: a.status()["services"]["echo"]["requests"] > 100, 10, "load through B")
+    stopped = time.monotonic()
+    a.proc.send_signal(15)
+    assert a.proc.wait(10) == 0
+    a = net.start_a()
+    wait_until(lambda: registered(b) and len(echo_workers(a)) == 2, 10,
+               "B registered with the new A")
+    back = time.monotonic()
+    wait_until(lambda: a.status()["services"]["echo"]["requests"] > 100, 15,
+               "load through the new A")
+    records = load.finish()
+
+    assert records and all(r["replies"] == 1 for r in records), \
+        [r for r in records if r["replies"] != 1][:5]  # none lost, none duplicated
+    statuses = count_statuses(records)
+    assert set(statuses) <= {"200", "502", "503", "504"}, statuses
+    retried = [r for r in records if r["attempts"] > 1]
+    assert all(stopped < r["sent"] < back for r in retried), retried
+    assert any(r["sent"] > back and r["status"] == "200" for r in records)
+    served_again = min(r["answered"] for r in records
+                       if r["sent"] > stopped and r["status"] == "200") - stopped
+    print(f"restart of A under load: {len(records)} requests sent, answered by status "
+          f"{statuses}, {len(retried)} after a client retry; B served the new A "
+          f"{served_again:.2f}s after the SIGTERM")
 
 
 def test_added_latency_does_not_break_heartbeats_at_the_default_interval(net):

@@ -100,7 +100,9 @@ def test_a_node_stopping_under_load_loses_no_request_upstream(pair):
         before = load.answered
         wait_until(lambda: load.answered > before + 100, 10, "A's own worker serving")
     assert load.sent == load.answered and load.statuses == {"200": load.sent}, load.statuses
-    assert not a.events("worker.lost")  # B said DISCONNECT: nothing was found gone
+    # B said DISCONNECT on each uplink, and closed it: A's heartbeat may reach a closed
+    # connection before A has read that DISCONNECT (then "lost", holding nothing).
+    assert all(e["requests"] == 0 for e in a.events("worker.lost")), a.events("worker.lost")
 
 
 def test_recycled_node_workers_re_register_with_no_error_and_no_leak(pair):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import select
 import signal
 import socket
 import sqlite3
@@ -82,20 +83,29 @@ def test_follow_prints_new_events(start_daemon):
     """events --follow streams an event that happens after it started."""
     d = start_daemon({"tool": {**TOOL, "workers": 1}})
     follower = subprocess.Popen([TACORECTL, "--control", d.control, "events", "-f", "--json",
-                                 "--since", "1s"], stdout=subprocess.PIPE, text=True)
+                                 "--since", "60s"], stdout=subprocess.PIPE, text=True)
     try:
+        # The worker's READY is within the minute: once a line is out, the follower follows
+        # (on a busy machine tacorectl itself may take seconds to start).
+        assert _next_event(follower, 20) is not None, "the follower printed nothing"
         os.kill(d.workers("tool")[0]["pid"], signal.SIGKILL)
         deadline = time.monotonic() + 10
         seen = []
-        while time.monotonic() < deadline:
-            seen.append(json.loads(follower.stdout.readline())["event"])
-            if "worker.exited" in seen:
-                break
-        assert "worker.exited" in seen
+        while "worker.exited" not in seen and (event := _next_event(follower, deadline -
+                                                                    time.monotonic())):
+            seen.append(event)
+        assert "worker.exited" in seen, seen
     finally:
         follower.kill()
         follower.wait()
         follower.stdout.close()
+
+
+def _next_event(follower, timeout: float) -> str | None:
+    """The next event name the follower prints, or None if it prints nothing in time."""
+    ready, _, _ = select.select([follower.stdout], [], [], max(0.0, timeout))
+    line = follower.stdout.readline() if ready else ""
+    return json.loads(line)["event"] if line else None
 
 
 def test_metrics_count_what_was_sent(start_daemon):

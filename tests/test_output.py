@@ -2,12 +2,17 @@
 tailable with `tacorectl logs`. Real daemon, real workers."""
 
 import json
+import queue
+import signal
+import subprocess
 import threading
 import time
 
+import pytest
+
 from tests.helpers import wait_until
 from tests.mdp import call
-from tests.test_cli import ctl
+from tests.test_cli import TACORECTL, ctl
 
 
 LINES = 2_000_000  # several seconds of flood: longer than the throughput measurement
@@ -37,6 +42,55 @@ def test_prints_stderr_and_logging_are_attributed_once(start_daemon):
     assert all(x["service"] == "chatty" and x["slot"] == 0 for x in lines)
     text = ctl("--config", str(d.config), "logs", "-n", "1").stdout
     assert text.count("\n") == 1 and "chatty/0 pid" in text
+
+
+class Lines:
+    """A process's stdout lines, read by a thread, so a test can wait for one with a deadline."""
+
+    def __init__(self, stream):
+        self.queue: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [self.queue.put(x.rstrip("\n")) for x in stream],
+                         daemon=True).start()
+
+    def until(self, predicate, timeout: float) -> list[str]:
+        """Every line up to the first at which ``predicate(lines so far)`` holds."""
+        seen, deadline = [], time.monotonic() + timeout
+        while not (seen and predicate(seen)):
+            try:
+                seen.append(self.queue.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                raise AssertionError(f"no such line within {timeout}s; seen: {seen}") from None
+        return seen
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_logs_follow_shows_new_lines_attributed_and_ends_cleanly(start_daemon, stop):
+    """logs -f prints what a worker writes after it started, with service, slot, pid and
+    stream, and exits 0 with nothing on stderr on Ctrl-C or SIGTERM."""
+    d = start_daemon({"chatty": {"handler": "tests.workers:Chatty"}})
+    (worker,) = d.workers("chatty")
+    follower = subprocess.Popen([TACORECTL, "--control", d.control, "logs", "chatty", "-f",
+                                 "-n", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    try:
+        lines = Lines(follower.stdout)
+        lines.until(lambda seen: True, 5)  # the last line so far: it follows from here
+        assert call(frontend(d), "chatty", "m", 7) == ("200", 7)
+        where = f"chatty/0 pid {worker['pid']}"
+        wanted = [f"{where}: handling m", f"{where} !: stderr says 7"]  # stdout, stderr
+        # Two pipes: either line may come first. Polled twice a second; 5 s is ten polls.
+        seen = lines.until(lambda seen: all(any(x.endswith(w) for x in seen) for w in wanted),
+                           5)
+        assert [sum(x.endswith(w) for x in seen) for w in wanted] == [1, 1], seen
+        follower.send_signal(stop)
+        assert follower.wait(5) == 0
+        assert follower.stderr.read() == ""  # no traceback, no "Aborted!"
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait(5)
+        follower.stdout.close()
+        follower.stderr.close()
 
 
 def test_output_of_a_failed_start_is_in_its_exit_event_and_kept(start_daemon):

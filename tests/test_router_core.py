@@ -219,3 +219,29 @@ def test_large_frames_where_headers_belong_are_parsed_not_crashed_on():
     net.broker.from_worker([b"w1", b"", b"MDPW01", zmq.Frame(b"\x04" * 70000)], 0.0)
     net.broker.from_worker([b"w1", zmq.Frame(b"\xa2" * 70000)], 0.0)
     assert [r[1][0] for r in net.replies] == [b"404", b"404"]
+
+
+def test_shutdown_waits_for_requests_external_workers_hold_until_the_drain_deadline():
+    """Stopping, the broker is drained only when no external worker holds a request: a reply
+    that comes in time is delivered; at the deadline the rest are "502" and DISCONNECTed."""
+    net = Net(external=True, workers=0)
+    net.worker(b"x1", b"\x01", b"svc")
+    net.worker(b"x2", b"\x01", b"svc")
+    first, second = net.request(b"a"), net.request(b"b")
+    queued = net.request(b"c")  # both workers hold one: this one waits in the queue
+    net.broker.stop_accepting(1.0, drain_until=6.0)
+    assert net.replies[-1][0] == queued and net.replies[-1][1][0] == b"503"
+    assert not net.broker.drained(2.0) and net.broker.next_deadline() <= 6.0
+    (holder,) = [w for w, held in net.requests.items() if held[0][1] == [b"a"]]
+    net.reply(holder, now=2.0)
+    assert net.replies[-1] == (first, [b"200", b"a"])
+    assert not net.broker.drained(5.9)
+    disconnects = []
+    net.to_worker = lambda frames: disconnects.append(frames[0]) if frames[3] == b"\x05" else None
+    net.broker.to_worker = net.to_worker
+    assert net.broker.drained(6.0)
+    assert net.replies[-1][0] == second and net.replies[-1][1][0] == b"502"
+    assert b"shutting_down" in net.replies[-1][1][1] and len(disconnects) == 1
+    assert net.broker.drained(7.0) and len(net.replies) == 3
+    # The passed drain deadline is no deadline any more (the daemon's loop would spin on it):
+    assert net.broker.next_deadline() == min(net.broker.next_heartbeat, net.broker.next_expiry)

@@ -173,7 +173,12 @@ class RoutingModel(RuleBasedStateMachine):
     @precondition(lambda self: not self.broker.stopping and len(self.sent) > 12)
     @rule()
     def shutdown(self):  # late in a run: after it, every request is "503"
-        self.broker.stop_accepting(self.now)
+        self.broker.stop_accepting(self.now, self.now + 5.0)  # (the daemon's stop_timeout)
+
+    @precondition(lambda self: self.broker.stopping)
+    @rule()
+    def drained(self):  # the daemon's loop asks this every turn while it stops
+        self.broker.drained(self.now)
 
     @rule(frames=st.lists(st.sampled_from([b"", b"MDPW01", b"MDPW02", b"MDPC01", b"\x01",
                                            b"\x02", b"\x03", b"a"]), min_size=1, max_size=6),
@@ -218,6 +223,8 @@ class RoutingModel(RuleBasedStateMachine):
         for _ in range(6):  # far past every queue_timeout and request_timeout
             self.now += 10.0
             self.broker.tick(self.now)
+            if self.broker.stopping:
+                assert self.broker.drained(self.now)  # past the drain deadline: always
         self.each_request_in_exactly_one_place()
         unanswered = [c for c in self.sent if self.finals[c] != 1]
         assert not unanswered, f"never answered: {unanswered}"

@@ -69,6 +69,7 @@ class Broker(Liveness, Operated):
         self.workers: dict[bytes, WorkerLink] = {}
         self.expected: dict[bytes, Expected] = {}  # our workers, by identity
         self.stopping = False
+        self.drain_until = float("inf")  # shutdown: external workers' requests may finish
         self.unknown_service = 0  # requests answered "404"
         self.sequence = 0
         self.next_heartbeat = float("inf")  # set by start()
@@ -383,7 +384,10 @@ class Broker(Liveness, Operated):
         self.next_heartbeat = now + self.interval
 
     def next_deadline(self) -> float:
-        return min(self.next_heartbeat, self.next_expiry)
+        deadline = min(self.next_heartbeat, self.next_expiry)
+        if self.stopping and any(w.external and w.inflight for w in self.workers.values()):
+            deadline = min(deadline, self.drain_until)  # (once passed, drained() empties them)
+        return deadline
 
     def _complain(self, event: str, now: float, **fields) -> None:
         """Log a bad peer, at most COMPLAINTS_PER_SECOND lines a second (a flood is counted)."""

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from tacore import facts as f
+from tacore.brokering import protocol as mdp
 from tacore.brokering.routes import Expected, Route
 from tacore.config import ServiceConfig
 
@@ -70,10 +71,29 @@ class Operated:
     on_fact = {f.Expect: _expect, f.Retire: _retire, f.Gone: _gone,
                f.ServiceFatal: _service_fatal}
 
-    def stop_accepting(self, now: float) -> None:
-        """Shutdown: new requests get "503"; queued ones are answered "503" now."""
+    def stop_accepting(self, now: float, drain_until: float = float("inf")) -> None:
+        """Shutdown: new requests get "503"; queued ones are answered "503" now; the ones
+        external workers hold may finish until ``drain_until`` (see ``drained``)."""
         self.stopping = True
+        self.drain_until = drain_until
         for route in self.routes.values():
             while route.queue:
                 self._error(route.queue.popleft(), b"503", "shutting_down",
                             "the daemon is shutting down", now)
+
+    def drained(self, now: float) -> bool:
+        """Shutdown: whether no external worker holds a request any more. The supervisor
+        drains the daemon's own workers; external ones (and other nodes' workers) are drained
+        here, as long: at ``drain_until`` each request one still holds is answered "502"
+        (it may have run) and the worker is told DISCONNECT."""
+        busy = [link for link in self.workers.values() if link.external and link.inflight]
+        if not busy or now < self.drain_until:
+            return not busy
+        for link in busy:
+            req = link.inflight.popleft()  # an external worker holds one
+            req.worker = None
+            self._error(req, b"502", "shutting_down", "the daemon stopped before the worker "
+                        "answered ([daemon] stop_timeout)", now)
+            self._drop_link(link, now)
+            self.to_worker(mdp.worker_command(link.identity, link.version, mdp.DISCONNECT))
+        return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -30,7 +31,7 @@ def parse_duration(text: str) -> float:
 @click.argument("target", metavar="[SERVICE[/SLOT]]", required=False)
 @click.option("-n", "--lines", default=50, show_default=True, type=click.IntRange(min=1),
               help="How many of the most recent lines.")
-@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines (Ctrl-C stops).")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines (Ctrl-C or SIGTERM stops, exit 0).")
 @json_option
 @click.pass_obj
 def logs(obj: Context, target, lines, follow, as_json):
@@ -55,7 +56,7 @@ def logs(obj: Context, target, lines, follow, as_json):
 @click.option("--service", "-s", help="Only this service's events.")
 @click.option("--since", default="1h", show_default=True,
               help="How far back: 30s, 5m, 1h, 2d.")
-@click.option("--follow", "-f", is_flag=True, help="Keep printing new events (Ctrl-C stops).")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events (Ctrl-C or SIGTERM stops, exit 0).")
 @click.option("--limit", default=1000, show_default=True, type=click.IntRange(min=1))
 @json_option
 @click.pass_obj
@@ -83,20 +84,23 @@ def events(obj: Context, service, since, follow, limit, as_json):
 
 def _poll(obj: Context, command: str, query: dict, show, follow: bool, after) -> None:
     """Print what ``command`` answers; with ``follow``, ask again twice a second for what
-    came after the last item (``after(query, last)``) until Ctrl-C. The daemon pushes
-    nothing: polling is the protocol."""
-    while True:
-        batch = obj.call(command, **query)
-        for item in batch:
-            click.echo(show(item))
-        if not follow:
-            return
-        if batch:
-            query = after(query, batch[-1])
-        try:
+    came after the last item (``after(query, last)``) until Ctrl-C or SIGTERM, either of
+    which ends it with exit 0 whenever it comes (as `journalctl -f` does), not only while it
+    sleeps. The daemon pushes nothing: polling is the protocol."""
+    if follow:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as Ctrl-C does
+    try:
+        while True:
+            batch = obj.call(command, **query)
+            for item in batch:
+                click.echo(show(item))
+            if not follow:
+                return
+            if batch:
+                query = after(query, batch[-1])
             time.sleep(0.5)
-        except KeyboardInterrupt:
-            return
+    except KeyboardInterrupt:
+        return
 
 
 @click.command()

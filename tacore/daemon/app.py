@@ -32,7 +32,7 @@ from tacore import __version__
 from tacore import config as configuration
 from tacore import events as ev
 from tacore import facts as f
-from tacore.brokering.frames import send_or_drop
+from tacore.brokering.frames import drain, send_or_drop
 from tacore.brokering.routes import RateLimit
 from tacore.config import Config, kept_as_running, restart_needed
 from tacore.daemon import sampling, views
@@ -102,13 +102,14 @@ class Daemon(Wiring):
                 "frontend": list(self.config.broker.frontend), "backend": self.config.broker.backend,
                 "remote_frontend": list(self.config.remote.frontend),
                 "control": self.config.control.endpoint}))
-            while not (self.stopping and self.supervisor.all_stopped()):
+            while not self._stopped(time.monotonic()):
                 due = self._wait_and_dispatch()
                 now = time.monotonic()
                 if now >= due:  # (one that a handler made due now is fired next time round)
                     self._fire_deadlines(now)
                 self._flush(now)
                 self._notify(now)
+            self._answer_last_requests(time.monotonic())
             self.emit(Event(ev.DAEMON_STOPPED, {"pid": self.pid}))
             self._flush(time.monotonic())
             return 0
@@ -314,6 +315,22 @@ class Daemon(Wiring):
             else:
                 self.shutdown(now, sig.name)
 
+    def _stopped(self, now: float) -> bool:
+        """Shutdown is done: every worker has exited, and no external worker (another node's
+        worker among them) holds a request the broker must answer."""
+        if not self.stopping:
+            return False
+        drained = self.broker.drained(now)  # asked every turn: at its deadline it answers
+        return drained and self.supervisor.all_stopped()
+
+    def _answer_last_requests(self, now: float) -> None:
+        """Requests that reached the frontends since the loop last read them get their "503"
+        before the sockets close. (One that arrives after this read is lost with the socket:
+        MDP leaves that to the client's timeout and retry.)"""
+        drain(self.frontend, self._from_frontend, now)
+        if self.remote is not None:
+            drain(self.remote, self._from_remote, now)
+
     def shutdown(self, now: float, why: str) -> None:
         """Refuse new requests ("503"), let running ones finish, then stop every worker."""
         if self.stopping:
@@ -322,7 +339,7 @@ class Daemon(Wiring):
         self.notifier.stopping()
         self.emit(Event(ev.DAEMON_STOPPING, {"signal": why,
                                              "drain_timeout": self.config.daemon.stop_timeout}))
-        self.broker.stop_accepting(now)
+        self.broker.stop_accepting(now, now + self.config.daemon.stop_timeout)
         self.supervisor.shutdown(now)
 
     def reload(self) -> dict:

@@ -11,8 +11,12 @@ process of its own so that tests can SIGKILL it. No tacore code.
 
 It says READY, prints "ready" on stdout, then serves: a request whose first body frame is
 "hang" blocks for good without reading its socket (as a worker busy in a long call does);
-"raw" is answered with one frame that is not a status code; anything else is echoed after a
-"200" frame. It heartbeats every INTERVAL seconds while idle, and exits on DISCONNECT.
+"sleep:SECONDS" keeps it busy that long without reading its socket (a long call in a
+single-threaded worker), then it reads what the broker sent meanwhile (MDP: only HEARTBEAT or
+DISCONNECT may come while it holds a request), replies "200" and the body, and prints
+"busy SECONDS, heard N heartbeats"; "raw" is answered with one frame that is not a status code;
+anything else is echoed after a "200" frame. It heartbeats every INTERVAL seconds while idle,
+and exits on DISCONNECT.
 """
 
 import os
@@ -52,6 +56,23 @@ def main(endpoint: str, service: str, version: int, interval: float,
                 if body[:1] == [b"hang"]:
                     while True:
                         time.sleep(3600)
+                if body[:1] and body[0].startswith(b"sleep:"):
+                    seconds = float(body[0][len(b"sleep:"):])
+                    time.sleep(seconds)
+                    heard = 0
+                    while sock.poll(0):
+                        command = sock.recv_multipart()[len(header):][:1]
+                        if command == [codes["disconnect"]]:
+                            print(f"busy {seconds:g}, told to disconnect", flush=True)
+                            return
+                        if command != [codes["heartbeat"]]:
+                            print(f"busy {seconds:g}, unexpected {command!r}", flush=True)
+                            return
+                        heard += 1
+                    sock.send_multipart([*header, reply, client, b"", b"200", *body])
+                    print(f"busy {seconds:g}, heard {heard} heartbeats", flush=True)
+                    beat = time.monotonic() + interval  # the reply was a heartbeat too
+                    continue
                 answer = [b"not-a-status"] if body[:1] == [b"raw"] else [b"200", *body]
                 sock.send_multipart([*header, reply, client, b"", *answer])
         if time.monotonic() >= beat:
