@@ -8,9 +8,10 @@ import time
 
 import h11
 import pytest
+import zmq
 
 from tacore.observability import http as web
-from tacore.observability.http import HttpServer, Reply
+from tacore.observability.http import HttpEndpoint, HttpServer, Reply
 from tests.helpers import wait_until
 from tests.test_observability import free_port
 
@@ -175,6 +176,32 @@ def test_unknown_paths_are_404_and_data_after_close_is_ignored():
     assert status == 404 and b"/a" in body
     s.closed(b"c")
     assert s.received(b"c", get(), 2.0, 0.0) == []
+
+
+class FakeStream:
+    """A STREAM socket's two calls: what the test put in its inbox, what was sent."""
+
+    def __init__(self):
+        self.inbox, self.sent = [], []
+
+    def recv_multipart(self, flags):
+        if not self.inbox:
+            raise zmq.Again()
+        return self.inbox.pop(0)
+
+    def send_multipart(self, frames, flags):
+        self.sent.append(frames)
+
+
+def test_a_close_crossing_ours_is_not_taken_for_a_new_connection():
+    """An empty frame for a connection the server closed ends it; one for a new identity
+    opens a connection."""
+    sock = FakeStream()
+    endpoint = HttpEndpoint(sock, {}, lambda event: None)
+    sock.inbox += [[b"a", b""], [b"a", b"garbage\r\n\r\n"], [b"a", b""], [b"b", b""]]
+    endpoint.on_readable(1.0)
+    assert sock.sent[0][1].startswith(b"HTTP/1.1 400 ") and sock.sent[1] == [b"a", web.CLOSE]
+    assert set(endpoint.server.clients) == {b"b"} and not endpoint.forgotten
 
 
 # --- a real daemon's endpoint --------------------------------------------------------------

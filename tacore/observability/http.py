@@ -254,11 +254,19 @@ def _refusal(status: int, text: str, wall: float, headers=()) -> bytes:
 
 
 class HttpEndpoint:
-    """The STREAM socket's side: read what arrived, hand it to the server, send its answer."""
+    """The STREAM socket's side: read what arrived, hand it to the server, send its answer.
+
+    A STREAM socket says "opened" and "closed" alike, with an empty frame. Connections the
+    server closed are remembered (the last ``FORGOTTEN``), so that a peer's close crossing
+    ours is not taken for a new connection that would hold a slot until its idle deadline.
+    """
+
+    FORGOTTEN = 1024
 
     def __init__(self, sock: zmq.Socket, routes: dict[str, Route],
                  emit: Callable[[Event], None]):
         self.sock, self.server, self.emit = sock, HttpServer(routes), emit
+        self.forgotten: dict[bytes, None] = {}  # (a dict keeps the order they were closed in)
 
     @property
     def due(self) -> float | None:
@@ -277,6 +285,8 @@ class HttpEndpoint:
                 self._send(server.received(cid, data, now, wall))
             elif cid in server.clients:  # an empty frame: a connection opened, or closed
                 server.closed(cid)
+            elif cid in self.forgotten:  # its close, crossing ours
+                del self.forgotten[cid]
             else:
                 self._send(server.opened(cid, now, wall))
         self._report()
@@ -290,6 +300,14 @@ class HttpEndpoint:
                 self.sock.send_multipart([cid, data], zmq.NOBLOCK)
             except zmq.ZMQError:  # gone already, or not reading: forget it
                 self.server.closed(cid)
+                data = CLOSE
+            if data == CLOSE:
+                self._forget(cid)
+
+    def _forget(self, cid: bytes) -> None:
+        self.forgotten[cid] = None
+        if len(self.forgotten) > self.FORGOTTEN:
+            del self.forgotten[next(iter(self.forgotten))]
 
     def _report(self) -> None:
         while self.server.failures:
