@@ -46,6 +46,7 @@ UPLINK_REFUSED = "uplink.refused"  # ...refused the handshake (a wrong key)
 PROTOCOL_ERROR = "protocol.error"
 REQUEST_TIMEOUT = "request.timeout"
 CONTROL_ERROR = "control.error"
+HTTP_ERROR = "http.error"  # a page of the HTTP endpoint raised: 500, the traceback logged
 AUTH_REFUSED = "auth.refused"
 STATE_NOTICE = "state.notice"
 
@@ -54,7 +55,7 @@ WARNING = frozenset({WORKER_START_TIMEOUT, WORKER_HEARTBEAT_TIMEOUT, REQUEST_TIM
                      PROTOCOL_ERROR, CONTROL_ERROR, AUTH_REFUSED, WORKER_LOST, WORKER_REFUSED,
                      WORKER_OUTPUT_DROPPED, UPLINK_LOST,
                      BAD_REPLY})
-ERROR = frozenset({WORKER_FATAL, WORKER_REPLACE_FAILED, DAEMON_RELOAD_FAILED})
+ERROR = frozenset({WORKER_FATAL, WORKER_REPLACE_FAILED, DAEMON_RELOAD_FAILED, HTTP_ERROR})
 DEBUG = frozenset({WORKER_STATE})
 
 

@@ -45,17 +45,24 @@ def assess_health(status: dict) -> dict:
         warnings.append(f"persistence degraded ({persistence['degraded']}): events are kept "
                         "in memory only")
     for name, service in status["services"].items():
-        own = _own(service)
-        if not own or service["removing"]:
-            continue
-        count = ready(own)
-        if count >= service["min_ready"]:
-            continue
-        why = [f"slot {w['slot']} {w['state']}" + _detail(w)
-               for w in own if w["state"] not in SERVING]
-        problems.append(f"{name}: {count}/{len(own)} ready (min_ready {service['min_ready']})"
-                        + (f"; {'; '.join(why)}" if why else ""))
+        problem = service_problem(name, service)
+        if problem:
+            problems.append(problem)
     return {"healthy": not problems, "problems": problems, "warnings": warnings}
+
+
+def service_problem(name: str, service: dict) -> str | None:
+    """Why this service (a status entry) cannot answer now, or None when it can or is not
+    counted (no workers of tacore's own, or being removed)."""
+    own = _own(service)
+    if not own or service["removing"]:
+        return None
+    count = ready(own)
+    if count >= service["min_ready"]:
+        return None
+    why = [f"slot {w['slot']} {w['state']}" + _detail(w) for w in own if w["state"] not in SERVING]
+    return (f"{name}: {count}/{len(own)} ready (min_ready {service['min_ready']})"
+            + (f"; {'; '.join(why)}" if why else ""))
 
 
 def pool_summary(services: dict) -> tuple[str, bool]:

@@ -181,8 +181,9 @@ class StateConfig:
 class HttpConfig:
     listen: str | None = key(
         None, http_listen,
-        "`HOST:PORT` on loopback for `/metrics`, `/healthz` and `/status` (no authentication, "
-        "so loopback only)", restart=True, note="off")
+        "`HOST:PORT` on loopback for the dashboard (`/`), `/api/dashboard`, `/api/workers`, "
+        "`/metrics`, `/healthz` and `/status` (read-only, no authentication, so loopback only)",
+        restart=True, note="off")
 
 
 @dataclass(frozen=True)

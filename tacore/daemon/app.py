@@ -167,7 +167,8 @@ class Daemon(Wiring):
         now = time.monotonic()
         due = min(d for d in (self.supervisor.next_deadline(), self.broker.next_deadline(),
                               self.uplinks.next_deadline(), self.spawner_retry,
-                              self.next_sample, self.notifier.next_watchdog or None, INF)
+                              self.next_sample, self.notifier.next_watchdog or None,
+                              self.http and self.http.due, INF)
                   if d is not None)
         watcher = self.watcher
         ready = watcher.wait(max(0.0, min(MAX_POLL, due - now)))
@@ -251,6 +252,8 @@ class Daemon(Wiring):
         self._settle(now)
         self.supervisor.tick(now)
         self._settle(now)
+        if self.http is not None and self.http.due is not None and now >= self.http.due:
+            self.http.tick(now)  # slow and idle HTTP clients
         if now >= self.next_sample:
             self._sample(now)
             self.next_sample = now + self.config.state.sample_interval
@@ -261,7 +264,7 @@ class Daemon(Wiring):
         self.supervisor.sample(now)
         self.sampler.daemon(self.loop_lag)
         self.loop_lag = 0.0
-        self.sampler.latency(self.broker.routes)
+        self.sampler.latency(self.broker.routes, now)
         for table, rows in sampling.rows(self.metrics(), time.time()).items():
             self.store.add_samples(table, rows)
 

@@ -11,7 +11,9 @@ class Sampler:
         self.me = psutil.Process()
         self.figures = {"cpu_percent": None, "rss_bytes": None, "loop_lag_seconds": 0.0}
         self.marks: dict = {}  # service -> its latency histogram at the last sample
-        self.recent: dict = {}  # service name -> quantiles over the last sample interval
+        self.marked_at: float | None = None  # when (monotonic) the marks were taken
+        self.count = 0  # samples taken: a new one means new rows in the state database
+        self.recent: dict = {}  # service name -> quantiles and replies/s over the last interval
 
     def daemon(self, loop_lag: float) -> None:
         try:
@@ -22,7 +24,9 @@ class Sampler:
         except psutil.Error:
             pass
 
-    def latency(self, routes: dict) -> None:
+    def latency(self, routes: dict, now: float) -> None:
+        elapsed = now - self.marked_at if self.marked_at is not None else None
+        self.marked_at, self.count = now, self.count + 1
         for name in [n for n in self.marks if n not in routes]:
             del self.marks[name]  # a service that is gone
             self.recent.pop(name.decode(errors="replace"), None)
@@ -30,7 +34,11 @@ class Sampler:
             mark = self.marks.get(name)
             window = route.latency.since(mark) if mark else route.latency
             self.marks[name] = route.latency.copy()
-            self.recent[name.decode(errors="replace")] = window.summary()
+            summary = window.summary()
+            # Replies per second (each reply is one observation), null without an interval.
+            summary["per_second"] = round(window.count / elapsed, 3) \
+                if mark and elapsed else None
+            self.recent[name.decode(errors="replace")] = summary
 
 
 def rows(metrics: dict, ts: float) -> dict[str, list[tuple]]:

@@ -1,13 +1,11 @@
 """What the daemon shows: status and metrics, assembled from the supervisor and the broker,
-and the HTTP endpoint's pages of them."""
+and the dashboard's figures (daemon/web.py serves them over HTTP)."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 from tacore import __version__, health
-from tacore.observability.prometheus import exposition
 from tacore.supervision.states import State
 
 NO_FIGURES = {"cpu_percent": None, "rss_bytes": None}
@@ -107,17 +105,70 @@ def metrics(daemon, now: float) -> dict:
             "services": services, "workers": workers}
 
 
-def http_pages(daemon) -> dict:
-    """The HTTP endpoint's pages: path -> a callable giving (status, content type, body)."""
-    def metrics_page():
-        return 200, "text/plain; version=0.0.4; charset=utf-8", exposition(daemon.metrics())
+# /api/workers: one object per worker with every field, null where unknown (external workers
+# have no slot, pid or sampled figures; ours have no identity or node).
+WORKER_FIELDS = ("service", "slot", "state", "pid", "external", "uptime", "state_for",
+                 "last_seen", "requests", "request_age", "cpu_percent", "rss_bytes", "threads",
+                 "fds", "restarts", "crashes", "last_exit", "backoff_remaining", "fatal_reason",
+                 "next_retry_in", "draining", "replacing", "identity", "node", "start_timeout",
+                 "starting_late")
+EVENT_FIELDS = ("id", "ts", "event", "level", "service", "slot", "pid")
+OUTPUT_LINE = 300  # characters of each output line an event carries, on the dashboard
 
-    def health_page():
-        verdict = health.assess_health(daemon.status())
-        body = "healthy\n" if verdict["healthy"] else "\n".join(verdict["problems"]) + "\n"
-        return (200 if verdict["healthy"] else 503), "text/plain; charset=utf-8", body.encode()
 
-    def status_page():
-        return 200, "application/json", json.dumps(daemon.status()).encode()
+def workers(daemon, current: dict) -> list[dict]:
+    """Every worker of a status snapshot, flattened, with the same fields each. A worker
+    STARTING for more than half its start_timeout is ``starting_late``."""
+    rows = []
+    for name, entry in current["services"].items():
+        service = daemon.config.services.get(name)
+        start_timeout = service.start_timeout if service else None
+        for w in entry["workers"]:
+            row = {field: w.get(field) for field in WORKER_FIELDS}
+            if w["pid"] is None:  # the last process's figures are not this slot's now
+                row.update(cpu_percent=None, rss_bytes=None, threads=None, fds=None)
+            row.update(service=name, start_timeout=start_timeout,
+                       starting_late=w["state"] == "STARTING" and start_timeout is not None
+                       and w["state_for"] > start_timeout / 2)
+            rows.append(row)
+    return rows
 
-    return {"/metrics": metrics_page, "/healthz": health_page, "/status": status_page}
+
+def dashboard(daemon, now: float, events: int) -> dict:
+    """The dashboard's figures: the status snapshot, each service's health verdict and its
+    figures over the last sample interval, and the newest ``events``, newest first."""
+    current = status(daemon, now)
+    services = []
+    for name, entry in current["services"].items():
+        route = daemon.broker.routes.get(name.encode())
+        recent = daemon.sampler.recent.get(name, {})
+        own = [w for w in entry["workers"] if not w["external"]]
+        problem = health.service_problem(name, entry)
+        services.append({
+            "name": name, "ready": entry["ready"], "min_ready": entry["min_ready"],
+            "workers": len(own), "external": len(entry["workers"]) - len(own),
+            "healthy": problem is None, "problem": problem, "queue": entry["queue"],
+            "requests": entry["requests"], "per_second": recent.get("per_second"),
+            "p50": recent.get("p50"), "p99": recent.get("p99"),
+            "by_status": {k.decode(errors="replace"): v for k, v in route.by_status.items()}
+            if route else {},
+            "restarts": sum(w["restarts"] for w in own)})
+    verdict = health.assess_health(current)
+    return {"daemon": current["daemon"], "interval": daemon.config.state.sample_interval,
+            "healthy": verdict["healthy"], "problems": verdict["problems"],
+            "warnings": verdict["warnings"], "services": services,
+            "workers": workers(daemon, current),
+            "events": [_event(e) for e in reversed(daemon.store.events(limit=events))]}
+
+
+def _event(event: dict) -> dict:
+    """An event as the dashboard lists it: the common fields, blocked_at, the stack (or a
+    traceback), the output tail, and the rest of its context as one line."""
+    rest = {k: v for k, v in event.items()
+            if k not in EVENT_FIELDS and k not in ("blocked_at", "stack", "exception", "output")}
+    output = event.get("output")
+    return {**{k: event.get(k) for k in EVENT_FIELDS},
+            "blocked_at": event.get("blocked_at"),
+            "stack": event.get("stack") or event.get("exception"),
+            "output": [str(line)[:OUTPUT_LINE] for line in output] if output else None,
+            "context": " ".join(f"{k}={v}" for k, v in rest.items())[:500]}

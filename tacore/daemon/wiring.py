@@ -13,7 +13,7 @@ import zmq
 from tacore.brokering.broker import Broker
 from tacore.brokering.frames import drain, send_or_say
 from tacore.control.server import ControlServer
-from tacore.daemon import sockets, uplink, views
+from tacore.daemon import sockets, uplink, web
 from tacore.daemon.security import CurveGuard, client_keys
 from tacore.daemon.uplink import Uplinks
 from tacore.observability.http import HttpEndpoint
@@ -73,7 +73,7 @@ class Wiring:
         self._watch(self.control_sock, self.control.on_readable)
         if self.config.http.listen:
             sock = self._socket(zmq.STREAM, [f"tcp://{self.config.http.listen}"], "http")
-            self.http = HttpEndpoint(sock, views.http_pages(self))
+            self.http = HttpEndpoint(sock, web.routes(self), self.emit)
             self._watch(sock, self.http.on_readable)
 
     def _socket(self, kind: int, endpoints, what: str, keys=None, group=None,

@@ -14,6 +14,7 @@ to n + 1.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import time
@@ -252,6 +253,37 @@ class Store:
         rows = self.db.execute(f"SELECT * FROM (SELECT * FROM events {where} ORDER BY id DESC "
                                f"LIMIT ?) ORDER BY id", (*args, limit)).fetchall()
         return [_event_dict(row) for row in rows]
+
+    def service_series(self, since: float, step: float, until: float = math.inf) -> list[tuple]:
+        """(service, bucket start, requests/s, p99) per service and ``step`` seconds from
+        ``since`` to ``until``: one range scan of the ts index. requests/s is the increase of
+        the counter between consecutive samples (a daemon restart, which resets it, leaves a
+        gap, not a negative rate)."""
+        return self._series("""
+            SELECT service, CAST(ts / :step AS INTEGER) * :step AS bucket,
+                   avg(CASE WHEN rate >= 0 THEN rate END), max(p99)
+            FROM (SELECT service, ts, p99,
+                         (requests - lag(requests) OVER w) / (ts - lag(ts) OVER w) AS rate
+                  FROM service_samples WHERE ts >= :since AND ts < :until
+                  WINDOW w AS (PARTITION BY service ORDER BY ts))
+            GROUP BY service, bucket ORDER BY service, bucket""", since, step, until)
+
+    def worker_series(self, since: float, step: float, until: float = math.inf) -> list[tuple]:
+        """(service, slot, bucket start, CPU %, RSS bytes), averaged per ``step`` seconds from
+        ``since`` to ``until``: one range scan of the ts index."""
+        return self._series("""
+            SELECT service, slot, CAST(ts / :step AS INTEGER) * :step AS bucket,
+                   avg(cpu_percent), avg(rss_bytes)
+            FROM worker_samples WHERE ts >= :since AND ts < :until
+            GROUP BY service, slot, bucket ORDER BY service, slot, bucket""", since, step, until)
+
+    def _series(self, sql: str, since: float, step: float, until: float) -> list[tuple]:
+        if self.db is None:
+            return []
+        try:
+            return self.db.execute(sql, {"since": since, "step": step, "until": until}).fetchall()
+        except sqlite3.Error:
+            return []  # degraded: the next flush finds out and says so
 
     def status(self) -> dict:
         info = {"path": str(self.path), "degraded": self.degraded, "enabled": self.enabled}
