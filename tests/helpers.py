@@ -4,14 +4,16 @@ import time
 
 
 def wait_until(predicate, timeout: float, what: str = "the condition", interval: float = 0.01):
-    """Poll ``predicate`` until it is true; fail with ``what`` after ``timeout`` seconds."""
+    """Poll ``predicate`` until it is true; fail with ``what`` after ``timeout`` seconds
+    (``what`` may be a callable, asked then: a description of what was seen instead)."""
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
         if result:
             return result
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout}s waiting for "
+                                 f"{what() if callable(what) else what}")
         time.sleep(interval)
 
 

@@ -56,7 +56,11 @@ def killed_mid_request_is_502_and_replaced(d, service: str) -> None:
     t = threading.Thread(target=lambda: result.update(
         reply=v1_call(frontend(d), service.encode(), [b"hang"], timeout=10)))
     t.start()
-    wait_until(lambda: d.workers(service)[0]["state"] == "BUSY", 5, "busy")
+    # Normally milliseconds; 10 s because a loaded machine once took over 5 here (the
+    # message says what the daemon showed instead).
+    wait_until(lambda: d.workers(service)[0]["state"] == "BUSY", 10,
+               lambda: f"busy (workers: {d.workers(service)}, events: "
+                       f"{[e['event'] for e in d.events()][-8:]})")
     os.kill(pid, signal.SIGKILL)
     t.join(10)
     assert result["reply"][2] == b"502"
