@@ -162,12 +162,14 @@ SERVICES = {"tool": {"handler": "tests.workers:Tool", "workers": 2},
 
 
 def test_the_page_without_javascript_shows_every_worker(start_daemon):
-    """The server-rendered page has a row per worker with its pid and state, a Content-
-    Security-Policy that allows this origin only, and its assets are served."""
+    """The server-rendered page, at the address daemon.started prints, has a row per worker
+    with its pid and state, a Content-Security-Policy that allows this origin only, and its
+    assets are served."""
     port = free_port()
     d = start_daemon(SERVICES, http={"listen": f"127.0.0.1:{port}"},
                      state={"sample_interval": 0.2})
     base = f"http://127.0.0.1:{port}"
+    assert d.events("daemon.started")[0]["dashboard"] == base + "/"
     status, headers, body = fetch(base + "/")
     assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
     assert "default-src 'none'" in headers["Content-Security-Policy"]

@@ -101,7 +101,8 @@ class Daemon(Wiring):
                 "services": {n: s.workers for n, s in self.config.services.items()},
                 "frontend": list(self.config.broker.frontend), "backend": self.config.broker.backend,
                 "remote_frontend": list(self.config.remote.frontend),
-                "control": self.config.control.endpoint}))
+                "control": self.config.control.endpoint,
+                "dashboard": f"http://{listen}/" if (listen := self.config.http.listen) else None}))
             while not self._stopped(time.monotonic()):
                 due = self._wait_and_dispatch()
                 now = time.monotonic()
