@@ -245,3 +245,41 @@ def test_shutdown_waits_for_requests_external_workers_hold_until_the_drain_deadl
     assert net.broker.drained(7.0) and len(net.replies) == 3
     # The passed drain deadline is no deadline any more (the daemon's loop would spin on it):
     assert net.broker.next_deadline() == min(net.broker.next_heartbeat, net.broker.next_expiry)
+
+
+def test_large_bodies_pass_as_frames_both_ways():
+    """A large request body reaches our worker, and its large reply body the client, as the
+    zmq.Frame it came in (no copy); a large status frame from a Majordomo worker is "502"."""
+    import zmq
+    net = CompactNet()
+    net.broker.apply(f.Expect(b"w1", b"svc", None), 0.0)
+    net.worker(b"w1", b"\x01", b"svc", b"tacore/1")
+    body = zmq.Frame(b"q" * 70000)
+    net.broker.from_client([b"c1", b"", b"MDPC01", b"svc", body], 0.0)
+    token, sent = net.requests[b"w1"].pop(0)
+    assert sent[0] is body
+    answer = zmq.Frame(b"a" * 70000)
+    net.broker.from_worker([b"w1", b"\xa2" + token + b"200", answer], 0.0)
+    assert net.replies[-1][1][0] == b"200" and net.replies[-1][1][1] is answer
+    net = CompactNet()
+    net.broker.apply(f.Expect(b"w2", b"svc", None), 0.0)
+    net.worker(b"w2", b"\x01", b"svc")  # a Majordomo worker of ours
+    client = net.request()
+    token, _ = net.requests[b"w2"].pop(0)
+    net.worker(b"w2", b"\x03", token, b"", zmq.Frame(b"s" * 70000))
+    assert net.replies[-1] == (client, [b"502", net.replies[-1][1][1]])
+    assert b"bad_reply" in net.replies[-1][1][1]
+
+
+def test_a_compact_reply_may_have_no_body_and_one_without_request_is_refused():
+    """[0xA2 token status] alone answers the request; a compact reply when the worker holds
+    nothing is refused as a Majordomo one is (DISCONNECT, link dropped)."""
+    net = CompactNet()
+    net.broker.apply(f.Expect(b"w1", b"svc", None), 0.0)
+    net.worker(b"w1", b"\x01", b"svc", b"tacore/1")
+    client = net.request()
+    token, _ = net.requests[b"w1"].pop(0)
+    net.broker.from_worker([b"w1", b"\xa2" + token + b"204"], 0.0)
+    assert net.replies == [(client, [b"204"])]
+    net.broker.from_worker([b"w1", b"\xa2" + token + b"200", b"again"], 0.0)
+    assert b"w1" not in net.broker.workers and len(net.replies) == 1

@@ -200,10 +200,12 @@ class Broker(Liveness, Operated):
         link = self.workers.get(frames[0])
         if link is not None:
             link.last_seen = now
-            if link.framing == 0 and len(frames) > 2 and frames[1][:1] == mdp.T_REPLY:
-                self._compact_reply(link, frames, now)
+            if (link.framing == mdp.COMPACT and len(frames) > 1 and type(frames[1]) is bytes
+                    and frames[1][:1] == mdp.T_REPLY):
+                self._compact_reply(link, frames, now)  # (a body of any size passes as it is)
                 return
-        if type(frames[-1]) is not bytes:  # (a large last frame: see frames.recv_passing)
+        if len(frames) < 6 and type(frames[-1]) is not bytes:
+            # A large frame where a Majordomo header is (a body starts at index 5 or 6).
             frames[-1] = frames[-1].bytes
         try:
             msg = mdp.parse_worker(frames)
@@ -241,7 +243,7 @@ class Broker(Liveness, Operated):
                           ours.request_limit if ours else None, ours.credit if ours else None)
         link.key = key
         if ours is not None and msg.compact:
-            link.framing = 0  # one of ours offers the compact framing: its requests use it
+            link.framing = mdp.COMPACT  # one of ours offers it: its requests use it
         self.workers[msg.identity] = link
         route.workers += 1
         if ours is not None:
@@ -277,8 +279,12 @@ class Broker(Liveness, Operated):
     def _compact_reply(self, link: WorkerLink, frames: list, now: float) -> None:
         """A reply in the compact framing: [0xA2 token status][body...]."""
         head = frames[1]
-        req = link.inflight[0] if link.inflight else None
-        if req is None or head[1:mdp.TOKEN_END] != req.token:
+        if not link.inflight:  # as for a Majordomo reply nobody asked for
+            self._refuse(mdp.WorkerMessage(link.identity, 1, mdp.REPLY),
+                         "a reply without a request", now)
+            return
+        req = link.inflight[0]
+        if head[1:mdp.TOKEN_END] != req.token:
             self._complain(ev.PROTOCOL_ERROR, now, socket="backend",
                            error="a reply for another request", peer=link.identity.hex()[:64])
             return
@@ -291,7 +297,7 @@ class Broker(Liveness, Operated):
         label = status_label(body[0])
         if label is OTHER_STATUS and route.checked:
             self._complain(ev.BAD_REPLY, now, service=route.name.decode(errors="replace"),
-                           worker=link.identity.hex(), status=body[0][:32].hex(),
+                           worker=link.identity.hex(), status=memoryview(body[0])[:32].hex(),
                            action='answered "502" bad_reply')
             self._error(req, b"502", "bad_reply", "the worker's reply does not follow tacore's "
                         "body convention ([status][body])", now)

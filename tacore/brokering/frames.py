@@ -35,25 +35,24 @@ def recv_passing(sock: zmq.Socket, flags: int = NOBLOCK) -> list:
     frame of LARGE bytes or more stays the zmq.Frame it came in, so sending it on shares
     libzmq's buffer instead of copying it twice (out of the message here, into a new one
     there). Every other frame is bytes."""
-    frame = _recv(sock, flags, False)
+    return _passing(sock, _recv(sock, flags, False))
+
+
+def recv_keyed(sock: zmq.Socket, flags: int = NOBLOCK) -> tuple[list, str | None]:
+    """As recv_passing, and the ZAP user id of its sender (under CURVE, its z85 key)."""
+    first = _recv(sock, flags, False)
+    key = first.get("User-Id")
+    return _passing(sock, first), key
+
+
+def _passing(sock: zmq.Socket, frame) -> list:
+    """The message that starts with ``frame``, as recv_passing returns it."""
     parts = []
     while frame.more:
         parts.append(frame.bytes)
         frame = _recv(sock, 0, False)
     parts.append(frame if len(frame) >= LARGE else frame.bytes)
     return parts
-
-
-def recv_keyed(sock: zmq.Socket, flags: int = NOBLOCK) -> tuple[list, str | None]:
-    """As recv_passing, and the ZAP user id of its sender (under CURVE, its z85 key)."""
-    frame = _recv(sock, flags, False)
-    key = frame.get("User-Id")
-    parts = []
-    while frame.more:
-        parts.append(frame.bytes)
-        frame = _recv(sock, 0, False)
-    parts.append(frame if len(frame) >= LARGE else frame.bytes)
-    return parts, key
 
 
 def send_frames(sock: zmq.Socket, frames, flags: int = NOBLOCK) -> None:

@@ -69,6 +69,7 @@ COMPACT_OFFER = b"tacore/1"
 T_REQUEST = b"\xa1"
 T_REPLY = b"\xa2"
 TOKEN_END = 9  # a compact header: the kind byte, the 8-byte token, then (replies) the status
+COMPACT = 0  # the framing of a link that speaks it (beside 1 and 2, the MDP versions)
 
 # Version-independent command names used inside the broker.
 READY, REPLY, PARTIAL, HEARTBEAT, DISCONNECT = "ready", "reply", "partial", "heartbeat", "disconnect"
@@ -165,8 +166,8 @@ def client_reply(client: bytes, version: int, service: bytes, body, final: bool 
 
 
 def worker_request(identity: bytes, version: int, token: bytes, body) -> list:
-    """A REQUEST in the worker's framing: 7/MDP (1), 18/MDP (2) or compact (0)."""
-    if version == 0:
+    """A REQUEST in the worker's framing: 7/MDP (1), 18/MDP (2) or COMPACT."""
+    if version == COMPACT:
         return [identity, T_REQUEST + token, *body]
     if version == 1:
         return [identity, b"", W_V1, W_REQUEST, token, b"", *body]

@@ -86,7 +86,7 @@ class WorkerLink:
     def __init__(self, identity: bytes, route: Route, version: int, external: bool, now: float,
                  request_limit: int | None = None, credit: int | None = None):
         self.identity, self.route, self.version, self.external = identity, route, version, external
-        self.framing = version  # of its requests and replies: 0 for the compact framing
+        self.framing = version  # of its requests and replies: a version, or COMPACT
         self.last_seen = self.registered = now
         self.inflight: deque[ClientRequest] = deque()  # in order; the first is running
         self.capacity = 1 if external else credit or route.prefetch

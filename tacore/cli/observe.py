@@ -93,7 +93,8 @@ def _poll(obj: Context, command: str, query: dict, show, follow: bool, after) ->
     try:
         while True:
             # A stop is held while a call and its printing run (never in the middle of a
-            # ZeroMQ call or a line), and taken at once after them: a call lasts milliseconds.
+            # ZeroMQ call or a line), and taken at once after them: a call lasts milliseconds,
+            # and a daemon that does not answer holds it for the call's timeout at most.
             signal.pthread_sigmask(signal.SIG_BLOCK, stops)
             try:
                 batch = obj.call(command, **query)

@@ -49,9 +49,8 @@ from tacore.persistence.store import Store
 from tacore.runtime.loader import load_handler
 from tacore.supervision.handles import Spawner
 
-# The loop wakes at least this often even with nothing due, as a guard against a lost deadline.
+# The loop wakes and fires deadlines at least this often, as a guard against a lost deadline.
 MAX_POLL = 1.0
-INF = float("inf")
 SPOOFS_PER_SECOND = 20  # log lines about clients posing as tagged addresses
 
 
@@ -164,16 +163,16 @@ class Daemon(Wiring):
 
     def _wait_and_dispatch(self) -> float:
         """Wait for a message, a descriptor or the next deadline; handle what is ready.
-        Returns the earliest deadline as it was before the wait."""
+        Returns the earliest deadline as it was before the wait (MAX_POLL from now at most)."""
         now = time.monotonic()
         due = min(d for d in (self.supervisor.next_deadline(), self.broker.next_deadline(),
                               self.uplinks.next_deadline(), self.spawner_retry,
                               self.next_sample, self.notifier.next_watchdog or None,
-                              self.http and self.http.due, INF)
+                              self.http and self.http.due, now + MAX_POLL)
                   if d is not None)
         watcher = self.watcher
-        ready = watcher.wait(max(0.0, min(MAX_POLL, due - now)))
-        if not ready and due < INF:  # woke for a deadline: how late?
+        ready = watcher.wait(max(0.0, due - now))
+        if not ready:  # woke for a deadline: how late?
             self.loop_lag = max(self.loop_lag, time.monotonic() - due)
         for source, seen in ready:
             handler = watcher.handler(source, seen)  # (None: unwatched by an earlier one)

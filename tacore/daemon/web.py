@@ -72,7 +72,7 @@ class BadQuery(ValueError):
 def _count(text: str | None, default: int, most: int) -> int:
     if text is None:
         return default
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # ("²".isdigit() is true)
         raise BadQuery(f"expected a number, got {text!r}")
     return min(int(text), most)
 

@@ -298,8 +298,13 @@ class HttpEndpoint:
         for cid, data in out:
             try:
                 self.sock.send_multipart([cid, data], zmq.NOBLOCK)
-            except zmq.ZMQError:  # gone already, or not reading: forget it
+            except zmq.ZMQError:  # gone already, or not reading: forget it, and close it
                 self.server.closed(cid)
+                if data != CLOSE:
+                    try:
+                        self.sock.send_multipart([cid, CLOSE], zmq.NOBLOCK)
+                    except zmq.ZMQError:
+                        pass
                 data = CLOSE
             if data == CLOSE:
                 self._forget(cid)
