@@ -87,21 +87,13 @@ def _poll(obj: Context, command: str, query: dict, show, follow: bool, after) ->
     came after the last item (``after(query, last)``) until Ctrl-C or SIGTERM, either of
     which ends it with exit 0 whenever it comes (as `journalctl -f` does), not only while it
     sleeps. The daemon pushes nothing: polling is the protocol."""
-    stops = {signal.SIGINT, signal.SIGTERM}
     if follow:
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as Ctrl-C does
     try:
         while True:
-            # A stop is held while a call and its printing run (never in the middle of a
-            # ZeroMQ call or a line), and taken at once after them: a call lasts milliseconds,
-            # and a daemon that does not answer holds it for the call's timeout at most.
-            signal.pthread_sigmask(signal.SIG_BLOCK, stops)
-            try:
-                batch = obj.call(command, **query)
-                for item in batch:
-                    click.echo(show(item))
-            finally:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+            batch = obj.call(command, **query)
+            for item in batch:
+                click.echo(show(item))
             if not follow:
                 return
             if batch:
