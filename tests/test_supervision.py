@@ -186,6 +186,16 @@ def test_second_sigint_kills_at_once(start_daemon):
     assert d.proc.wait(timeout=5) == 0
 
 
+def test_sigterm_to_the_whole_process_group_is_an_orderly_stop(start_daemon):
+    """SIGTERM to the daemon's process group (as `timeout` or `kill -TERM -PGID` send it): the
+    daemon stops as for its own SIGTERM, and the spawner, which ignores it, is not lost."""
+    d = start_daemon({"tool": {"handler": "tests.workers:Echo", "workers": 2}})
+    os.killpg(d.proc.pid, signal.SIGTERM)
+    assert d.proc.wait(timeout=15) == 0
+    assert d.events("daemon.stopped") and not d.events("spawner.exited")
+    assert {e["reason"] for e in d.events("worker.exited")} == {"shutdown"}
+
+
 def _sockets(pid: int) -> set[str]:
     """The socket inodes a process holds (a reconnecting worker has new ones)."""
     return {link for link in _links(pid) if link.startswith("socket:")}

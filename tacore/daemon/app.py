@@ -202,9 +202,11 @@ class Daemon(Wiring):
         self.spawner.close()
         self.emit(Event(ev.SPAWNER_EXITED, {"pid": self.spawner.pid,
                                             "returncode": self.spawner.returncode,
-                                            "action": "starting a new spawner"},
+                                            "action": "none: shutting down" if self.stopping
+                                            else "starting a new spawner"},
                         severity="error"))
-        self.spawner_retry = now
+        if not self.stopping:
+            self.spawner_retry = now
 
     def _restart_spawner(self, now: float) -> None:
         try:

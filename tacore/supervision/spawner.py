@@ -83,7 +83,10 @@ def serve(fd: int, daemon_pid: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != daemon_pid:  # the daemon died before prctl took effect
         os._exit(1)
-    for sig in (signal.SIGINT, signal.SIGHUP):  # the terminal's and the operator's: not ours
+    # The terminal's, the operator's, and a SIGTERM sent to the whole process group (as
+    # `timeout` and `kill -TERM -PGID` do) are not ours: the spawner ends when the daemon
+    # closes its socket, or dies with it.
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     sock = socket.socket(fileno=fd)
     setup = json.loads(sock.recv(MAX_MESSAGE))
