@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LEAVES = {"tacore", "tacore.config", "tacore.config.__main__", "tacore.config.checks",
           "tacore.config.schema", "tacore.config.loading", "tacore.config.lenient",
           "tacore.config.reference", "tacore.errors", "tacore.events", "tacore.facts",
-          "tacore.health", "tacore.histogram"}
+          "tacore.health", "tacore.histogram", "tacore.readable"}
 PARTS = {"tacore.supervision", "tacore.brokering", "tacore.persistence", "tacore.observability"}
 # What each package (or module) may import besides the leaves and its own modules.
 MAY_IMPORT = {

@@ -6,22 +6,12 @@ import time
 
 import click
 
+from tacore.readable import duration
+
 STATE_COLOURS = {"READY": "green", "BUSY": "cyan", "STARTING": "yellow", "STOPPING": "yellow",
                  "BACKOFF": "yellow", "FATAL": "red", "STOPPED": None}
 COLUMNS = ("SERVICE", "SLOT", "STATE", "PID", "UPTIME", "LAST SEEN", "REQUESTS", "CPU%", "RSS",
            "RESTARTS", "LAST EXIT")
-
-
-def duration(seconds) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours < 48 else f"{hours // 24}d{hours % 24:02d}h"
 
 
 def last_exit(info) -> str:

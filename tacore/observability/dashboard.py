@@ -20,6 +20,8 @@ import time
 from functools import cache
 from importlib import resources
 
+from tacore.readable import duration
+
 # Nothing but the daemon itself: scripts, styles, fetches and images from this origin only.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -42,19 +44,7 @@ def esc(value) -> str:
     return html.escape("" if value is None else str(value))
 
 
-# --- formatting: the same rules as fmt.* in static/dashboard.js ------------------------------
-
-def fmt_duration(seconds) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours < 48 else f"{hours // 24}d{hours % 24:02d}h"
-
+# --- formatting: the same rules as fmt.* in static/dashboard.js (durations: tacore/readable.py) ----
 
 def fmt_bytes(value) -> str:
     return "-" if value is None else f"{value / 2**20:.1f} MiB"
@@ -73,7 +63,7 @@ def fmt_exit(info, now: float) -> str:
         return "-"
     how = f"signal {info['signal']}" if info["signal"] else f"code {info['code']}"
     by = f", by {info['by']}" if info.get("by") else ""
-    return f"{info['reason']} ({how}{by}) {fmt_duration(max(0.0, now - info['at']))} ago"
+    return f"{info['reason']} ({how}{by}) {duration(max(0.0, now - info['at']))} ago"
 
 
 def fmt_statuses(by_status: dict) -> str:
@@ -113,7 +103,7 @@ def page(view: dict, plots: str, now: float) -> bytes:
 
 def daemon_line(view: dict) -> str:
     d = view["daemon"]
-    line = (f"pid {d['pid']}, up {fmt_duration(d['uptime'])}, version {d['version']}, "
+    line = (f"pid {d['pid']}, up {duration(d['uptime'])}, version {d['version']}, "
             f"config {d['config']}, CPU {fmt_number(d['cpu_percent'])}%, "
             f"RSS {fmt_bytes(d['rss_bytes'])}")
     return line + (" — STOPPING" if d["stopping"] else "")
@@ -167,9 +157,9 @@ def worker_state(w: dict) -> str:
     if w["state"] == "FATAL":
         text += f": {w['fatal_reason']}"
     elif w["starting_late"]:
-        text += f" for {fmt_duration(w['state_for'])} of {fmt_duration(w['start_timeout'])}"
+        text += f" for {duration(w['state_for'])} of {duration(w['start_timeout'])}"
     elif w["state"] == "BACKOFF" and w["backoff_remaining"] is not None:
-        text += f", retry in {fmt_duration(w['backoff_remaining'])}"
+        text += f", retry in {duration(w['backoff_remaining'])}"
     if w["draining"]:
         text += f" (draining: {w['draining']})"
     return text + (" (external)" if w["external"] else "")
@@ -177,7 +167,7 @@ def worker_state(w: dict) -> str:
 
 def worker_row(w: dict, now: float) -> str:
     cells = [w["service"], "-" if w["slot"] is None else w["slot"], worker_state(w),
-             w["pid"] or "-", fmt_duration(w["uptime"]), fmt_duration(w["last_seen"]),
+             w["pid"] or "-", duration(w["uptime"]), duration(w["last_seen"]),
              w["requests"], fmt_number(w["cpu_percent"]), fmt_bytes(w["rss_bytes"]),
              w["restarts"], fmt_exit(w["last_exit"], now)]
     tds = "".join(f'<td class="c{i}">{esc(c)}</td>' for i, c in enumerate(cells))
