@@ -44,7 +44,7 @@ def esc(value) -> str:
     return html.escape("" if value is None else str(value))
 
 
-# --- formatting: the same rules as fmt.* in static/dashboard.js (durations: tacore/readable.py) ----
+# --- formatting: the rules of fmt.* in static/dashboard.js (durations: tacore/readable.py) --
 
 def fmt_bytes(value) -> str:
     return "-" if value is None else f"{value / 2**20:.1f} MiB"
