@@ -321,9 +321,11 @@ def test_a_restart_of_the_broker_under_load_answers_every_request_once(net):
                "B's workers registered with A")
     # A stopping answers what it has read ("503", or the reply of a request B was running);
     # a request that reaches it after its last read is lost with its socket, which MDP leaves
-    # to the client: resend on a new socket after a timeout. 2 s: longer than any answer
-    # from a running A here; a retry of one the new A still queues only drops that reply.
-    load = net.load("echo", retry=4 * INTERVAL)
+    # to the client: resend on a new socket after a timeout. 8 intervals: longer than any
+    # answer from a running A here, on a busy machine too (4 intervals were once passed by a
+    # request sent just after the new A was up); a retry of one the new A still queues only
+    # drops that reply.
+    load = net.load("echo", retry=8 * INTERVAL)
     wait_until(lambda: a.status()["services"]["echo"]["requests"] > 100, 10, "load through B")
     stopped = time.monotonic()
     a.proc.send_signal(15)
