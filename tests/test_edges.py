@@ -122,6 +122,15 @@ def test_a_lingering_queue_without_worker_answers_503(start_daemon, peers):
     assert 0.4 < time.monotonic() - t0 < 3
 
 
+def held_by_outside(d) -> "Dealer":
+    """A client whose request ("hang") the registered external worker of "outside" holds."""
+    wait_until(registered(d, "outside"), 5, "the worker")
+    client = Dealer(frontend(d))
+    client.send(b"outside", b"hang")
+    wait_until(lambda: d.workers("outside")[0]["state"] == "BUSY", 5, "the worker busy")
+    return client
+
+
 @pytest.mark.parametrize("version", [1, 2])
 def test_a_sigkilled_busy_external_worker_gives_502_within_two_intervals(start_daemon, peers,
                                                                         version):
@@ -132,11 +141,8 @@ def test_a_sigkilled_busy_external_worker_gives_502_within_two_intervals(start_d
     d = start_daemon({**TOOL, "outside": {"workers": 0, "request_timeout": 30}},
                      broker={"heartbeat_interval": interval})
     peer = peers(d, "outside", version, interval)
-    wait_until(registered(d, "outside"), 5, "the worker")
-    client = Dealer(frontend(d))
+    client = held_by_outside(d)
     try:
-        client.send(b"outside", b"hang")
-        wait_until(lambda: d.workers("outside")[0]["state"] == "BUSY", 5, "the worker busy")
         t0 = time.monotonic()
         peer.proc.send_signal(signal.SIGKILL)
         replies = client.replies(timeout=5)
@@ -212,11 +218,8 @@ def test_a_stopping_daemon_gives_up_on_an_external_worker_at_stop_timeout(start_
                      wait_ready=False)
     wait_until(lambda: len(d.worker_processes()) == 2, 10, "tool's and deaf's workers")
     peers(d, "outside")
-    wait_until(registered(d, "outside"), 5, "the worker")
-    client = Dealer(frontend(d))
+    client = held_by_outside(d)
     try:
-        client.send(b"outside", b"hang")
-        wait_until(lambda: d.workers("outside")[0]["state"] == "BUSY", 5, "the worker busy")
         t0 = time.monotonic()
         d.proc.send_signal(signal.SIGTERM)
         replies = client.replies(timeout=10)
